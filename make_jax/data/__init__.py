@@ -1,0 +1,1 @@
+"""Data: knowledge-set construction, Derm1M† records, the Grain input pipeline and the SynthDerm generator."""
