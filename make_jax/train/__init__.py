@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, the sharded train step, the loop, checkpoints."""
