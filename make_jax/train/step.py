@@ -49,7 +49,7 @@ class ModelFunctions:
         self.config = model.config
 
     def params(self, model: CLIP) -> Params:
-        return nnx.state(model, nnx.Param).to_pure_dict()
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
     def merge(self, params: Params) -> CLIP:
         state = jax.tree.map(lambda v: v, self._template)  # fresh container; the template is never mutated
@@ -113,7 +113,7 @@ def make_train_step(fns: ModelFunctions, optimizer: optax.GradientTransformation
         params = optax.apply_updates(state.params, updates)
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, LOGIT_SCALE_MAX)
         metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["logit_scale"] = jnp.exp(params["logit_scale"])
         if schedule is not None:
             metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)

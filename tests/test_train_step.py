@@ -1,0 +1,193 @@
+"""Optimizer rules, schedule, and the jitted train step (single device and 8 simulated CPU devices)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from make_jax.losses import LossConfig
+from make_jax.models import create_model, get_model_config
+from make_jax.models.clip import LOGIT_SCALE_MAX
+from make_jax.train.optimizer import decay_mask, make_optimizer, path_name, warmup_cosine
+from make_jax.train.step import (ModelFunctions, forward_loss, init_train_state, jit_train_step, make_mesh,
+                                 make_train_step)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(size="tiny"):
+    model = create_model(get_model_config(size))
+    return model, ModelFunctions(model).params(model)
+
+
+def test_decay_mask_is_the_spec_rank_rule():
+    # Spec §7: decay every tensor with >= 2 dims *per layer* (blocks are stacked on a leading layer axis here),
+    # none on LayerNorm, biases, class embedding, logit_scale.
+    _, params = _params()
+    mask = decay_mask(params)
+    seen = 0
+    for (path, leaf), (_, m) in zip(jax.tree_util.tree_leaves_with_path(params),
+                                    jax.tree_util.tree_leaves_with_path(mask)):
+        name = path_name(path)
+        per_layer_ndim = leaf.ndim - (1 if "/blocks/" in name else 0)
+        assert m == (per_layer_ndim >= 2), name
+        seen += 1
+    assert seen == 38
+    names = {path_name(p) for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
+    for must in ("visual/conv1", "visual/positional_embedding", "text/positional_embedding",
+                 "text/token_embedding", "visual/proj", "text/text_projection"):
+        assert must in names
+
+
+def test_schedule_matches_open_clip_cosine_lr():
+    lr, warm, total = 1e-4, 10, 110
+    sched = warmup_cosine(lr, warm, total)
+    for step in range(total + 5):
+        if step < warm:
+            want = lr * (step + 1) / warm
+        else:
+            e = min(step - warm, total - warm)
+            want = 0.5 * (1 + math.cos(math.pi * e / (total - warm))) * lr
+        assert float(sched(step)) == pytest.approx(want, rel=1e-5, abs=1e-6 * lr)
+    assert float(sched(warm + (total - warm) // 2)) == pytest.approx(lr / 2, rel=1e-5)
+    assert float(sched(total)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_adamw_decays_only_masked_parameters():
+    _, params = _params()
+    opt, _ = make_optimizer(params, lr=1e-2, warmup_steps=1, total_steps=10, weight_decay=0.1)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = opt.update(zero, opt.init(params), params)
+    mask = decay_mask(params)
+    lr0 = 1e-2 * 1 / 1  # schedule(0) with warmup 1
+    for (path, u), p, m in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(params),
+                               jax.tree.leaves(mask)):
+        if m:  # decoupled decay: -lr * wd * p
+            np.testing.assert_allclose(u, -lr0 * 0.1 * np.asarray(p), rtol=1e-5, atol=1e-12,
+                                       err_msg=path_name(path))
+        else:
+            assert not np.any(np.asarray(u)), path_name(path)
+
+
+def _batch(b=8, n=11, length=12, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((b, n, length), np.int32)
+    ids[:, :, 0] = 49406
+    ids[:, :, 1:6] = rng.integers(1, 4000, (b, n, 5))
+    ids[:, :, 6] = 49407
+    valid = rng.random((b, n)) < 0.6
+    valid[:, 0] = True
+    valid[1, 3:] = False  # an image without subtexts
+    valid[2, 1] = False   # an image without disease text
+    return {"images": rng.integers(0, 256, (b, size, size, 3)).astype(np.uint8), "text_ids": ids,
+            "text_valid": valid}
+
+
+def test_train_step_matches_manual_update_and_clamps_logit_scale():
+    model = create_model(get_model_config("tiny"), seed=5)
+    fns = ModelFunctions(model)
+    params0 = fns.params(model)
+    params0["logit_scale"] = jnp.asarray(LOGIT_SCALE_MAX + 0.5, jnp.float32)  # one Adam step (±lr) stays past it
+    # Plain SGD: the update is linear in the gradient, so jit-vs-eager rounding stays at float32 level (Adam's
+    # first step, g/|g|, would amplify it for near-zero gradients). AdamW's own wiring is tested above.
+    sched = optax.constant_schedule(1e-2)
+    opt = optax.sgd(sched)
+    state = init_train_state(model, opt)[1]
+    state.params = params0
+    state.opt_state = opt.init(params0)
+    batch = _batch()
+    loss_config = LossConfig()
+
+    # Manual reference of one step: gradient of the forward loss, optax update, clamp.
+    grads = jax.grad(lambda p: forward_loss(fns.merge(p), batch, loss_config)[0])(params0)
+    updates, _ = opt.update(grads, opt.init(params0), params0)
+    want = optax.apply_updates(params0, updates)
+    assert float(want["logit_scale"]) > LOGIT_SCALE_MAX  # so the clamp is exercised
+    loss_ref = float(forward_loss(fns.merge(params0), batch, loss_config)[0])  # before the step donates params0
+
+    step = jit_train_step(make_train_step(fns, opt, loss_config, sched), make_mesh(), state)
+    new_state, metrics = step(state, batch)
+    assert int(new_state.step) == 1
+    assert float(new_state.params["logit_scale"]) == pytest.approx(LOGIT_SCALE_MAX, abs=1e-6)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(new_state.params), jax.tree.leaves(want)):
+        if path_name(path) != "logit_scale":
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6, err_msg=path_name(path))
+    assert float(metrics["loss"]) == pytest.approx(loss_ref, rel=1e-5)
+    assert float(metrics["lr"]) == pytest.approx(1e-2, rel=1e-6)
+    assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
+
+
+def test_clip_positives_encode_only_slot_zero():
+    # The clip rows must give the same loss whether or not the unused slots hold garbage.
+    model = create_model(get_model_config("tiny"), seed=6)
+    batch = _batch()
+    cfg = LossConfig(positives="clip_raw", slra=False, dkw=False)
+    a = forward_loss(model, batch, cfg)[0]
+    noisy = dict(batch, text_ids=batch["text_ids"].copy())
+    noisy["text_ids"][:, 1:, 1:6] = 7
+    b = forward_loss(model, noisy, cfg)[0]
+    assert float(a) == pytest.approx(float(b), rel=1e-7)
+    # and it is the standard symmetric CLIP loss over slot 0.
+    out = model.encode_image_and_patches(batch["images"].astype(np.float32) * 0 + _norm(batch["images"]))
+    t = model.encode_text(batch["text_ids"][:, 0])
+    logits = np.exp(float(model.logit_scale[...])) * np.asarray(out.embedding, np.float64) @ np.asarray(t).T
+    ls = lambda x: x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - x.max(1, keepdims=True)
+    want = -0.5 * (np.mean(np.diag(ls(logits))) + np.mean(np.diag(ls(logits.T))))
+    assert float(a) == pytest.approx(want, rel=1e-4)
+
+
+def _norm(images):
+    mean = np.array([0.48145466, 0.4578275, 0.40821073]) * 255
+    std = np.array([0.26862954, 0.26130258, 0.27577711]) * 255
+    return ((images.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+_SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {repo!r})
+    from tests.test_train_step import _batch
+    from make_jax.losses import LossConfig
+    from make_jax.models import create_model, get_model_config
+    from make_jax.train.step import init_train_state, jit_train_step, make_mesh, make_train_step
+    import optax
+    model = create_model(get_model_config("tiny"), seed=7)
+    # SGD: updates linear in the gradient, so a different reduction order across devices stays at float32
+    # rounding (Adam's first step, g/|g|, would amplify it on near-zero gradients).
+    sched = optax.constant_schedule(1e-2)
+    opt = optax.sgd(sched)
+    fns, state = init_train_state(model, opt)
+    devices = jax.devices()[: {ndev}]
+    step = jit_train_step(make_train_step(fns, opt, LossConfig(), sched), make_mesh(devices), state)
+    losses = []
+    for i in range(2):
+        state, m = step(state, _batch(seed=i))
+        losses.append(float(m["loss"]))
+    flat = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
+    np.save({out!r}, np.concatenate(flat))
+    print(json.dumps({{"n": len(devices), "losses": losses}}))
+""")
+
+
+def test_eight_simulated_devices_match_one(tmp_path):
+    results = {}
+    for ndev in (1, 8):
+        out = str(tmp_path / f"params_{ndev}.npy")
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+        proc = subprocess.run([sys.executable, "-c", _SHARDED.format(repo=REPO, ndev=ndev, out=out)],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert info["n"] == ndev
+        results[ndev] = (info["losses"], np.load(out))
+    np.testing.assert_allclose(results[8][0], results[1][0], rtol=1e-5)
+    np.testing.assert_allclose(results[8][1], results[1][1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(results[1][0][0], results[1][0][1])  # two different batches, two different losses
