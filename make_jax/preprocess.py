@@ -1,0 +1,77 @@
+"""CLIP's evaluation image transform, reproduced exactly without torchvision.
+
+open_clip's eval transform (resize_mode "shortest", interpolation "bicubic") on a PIL image is
+`Resize(size, BICUBIC) → CenterCrop(size) → convert("RGB") → ToTensor() → Normalize(mean, std)`. Here:
+
+- resize: the shorter side becomes `size`, the longer side `int(size * long / short)` (truncated, as
+  torchvision's `_compute_resized_output_size`), resampled by PIL `Image.resize(..., BICUBIC)` — the call
+  torchvision makes for PIL inputs;
+- centre crop: box left = `int(round((w - size) / 2.0))`, top = `int(round((h - size) / 2.0))` (Python's round,
+  half to even, as torchvision's `center_crop`);
+- RGB conversion after the crop (order matters for RGBA / palette images, as in open_clip);
+- uint8 → float32 / 255, then (x - mean) / std in float32.
+
+Output: (H, W, 3) float32, channels last (NHWC once batched), ready for `CLIP.encode_image`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(new_width, new_height) of torchvision `Resize(size)` (an int: match the shorter side)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def center_crop_box(width: int, height: int, crop_width: int, crop_height: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of torchvision `CenterCrop((crop_height, crop_width))` on a width×height image."""
+    if crop_width > width or crop_height > height:
+        raise ValueError(f"crop {crop_width}x{crop_height} is larger than the image {width}x{height}")
+    top = int(round((height - crop_height) / 2.0))
+    left = int(round((width - crop_width) / 2.0))
+    return left, top, left + crop_width, top + crop_height
+
+
+def resize_shorter(image: Image.Image, size: int) -> Image.Image:
+    new = resized_size(image.width, image.height, size)
+    if new == image.size:
+        return image
+    return image.resize(new, Image.Resampling.BICUBIC)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    return image.crop(center_crop_box(image.width, image.height, size, size))
+
+
+def to_normalized_array(image: Image.Image, mean: Sequence[float] = CLIP_MEAN,
+                        std: Sequence[float] = CLIP_STD) -> np.ndarray:
+    """RGB PIL image → (H, W, 3) float32: uint8 / 255, then (x - mean) / std."""
+    x = np.asarray(image.convert("RGB"), dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def preprocess(image: Image.Image, image_size: int = 224, mean: Sequence[float] = CLIP_MEAN,
+               std: Sequence[float] = CLIP_STD) -> np.ndarray:
+    """PIL image → (image_size, image_size, 3) float32, normalised (open_clip's eval transform)."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"preprocess expects a PIL.Image.Image, got {type(image).__name__}")
+    image = center_crop(resize_shorter(image, image_size), image_size)
+    return to_normalized_array(image, mean, std)
+
+
+def eval_transform(image_size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+    """A callable PIL image → (image_size, image_size, 3) float32 array."""
+
+    def transform(image: Image.Image) -> np.ndarray:
+        return preprocess(image, image_size, mean, std)
+
+    return transform
