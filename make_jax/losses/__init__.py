@@ -1,0 +1,39 @@
+"""MAKE objectives: MKCL + SLRA + DKW, in paper mode (MAKE_SPEC §2) and official mode (§3).
+
+See docs/objectives.md for the equations, the decisions the paper leaves open and the list of
+differences from the public PyTorch code.
+"""
+
+from .api import TERM_NAMES, dense_layout, make_loss
+from .config import (
+    FIRST_SUBTEXT,
+    SLOT_CONCEPT,
+    SLOT_DISEASE,
+    SLOT_RAW,
+    TABLE3,
+    LossConfig,
+)
+from .official import (
+    official_clip_loss,
+    official_dkw_weights,
+    official_knowledge_embedding,
+    official_loss_from_ek,
+)
+from .paper import paper_loss
+
+__all__ = [
+    "FIRST_SUBTEXT",
+    "SLOT_CONCEPT",
+    "SLOT_DISEASE",
+    "SLOT_RAW",
+    "TABLE3",
+    "TERM_NAMES",
+    "LossConfig",
+    "dense_layout",
+    "make_loss",
+    "official_clip_loss",
+    "official_dkw_weights",
+    "official_knowledge_embedding",
+    "official_loss_from_ek",
+    "paper_loss",
+]

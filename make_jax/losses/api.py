@@ -1,0 +1,100 @@
+"""make_loss: the single entry point of the MAKE objectives, dispatching on LossConfig.mode."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .common import compute_dtype
+from .config import NUM_KNOWLEDGE_SLOTS, SLOT_RAW, LossConfig
+from .official import official_clip_loss, official_knowledge_embedding, official_loss_from_ek
+from .paper import paper_loss
+
+TERM_NAMES = ("loss", "i2t", "t2i", "mkcl", "slra", "dkw_mean", "dkw_std")
+
+
+def dense_layout(num_images: int, num_slots: int):
+    """owner and slot of the dense sample-major layout (M = B*N, row r = i*N + n), as int32 arrays."""
+    r = np.arange(num_images * num_slots)
+    return jnp.asarray(r // num_slots, jnp.int32), jnp.asarray(r % num_slots, jnp.int32)
+
+
+def _check_dense(owner, slot, num_images: int, num_slots: int) -> None:
+    """Host-side check of the dense layout when owner/slot are concrete (skipped under tracing)."""
+    try:
+        o = np.asarray(owner)
+        sl = np.asarray(slot)
+    except jax.errors.TracerArrayConversionError:
+        return
+    r = np.arange(num_images * num_slots)
+    if o.shape != r.shape or not (np.array_equal(o, r // num_slots) and np.array_equal(sl, r % num_slots)):
+        raise ValueError("official mode needs the dense sample-major layout: owner = r // N, slot = r % N")
+
+
+def _official(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config: LossConfig):
+    b = image_emb.shape[0]
+    m, d = text_emb.shape
+    if m % b:
+        raise ValueError(f"official mode needs M = B*N text rows; got M={m}, B={b}")
+    n = m // b
+    _check_dense(owner, slot, b, n)
+    ct = compute_dtype(image_emb, text_emb, patch_emb if (config.slra and not config.is_clip) else None)
+    s = jnp.exp(jnp.asarray(logit_scale).astype(ct))
+    zero = jnp.zeros((), ct)
+    if config.is_clip:  # the public code trains its CLIP baselines with open_clip's ClipLoss
+        t0 = jnp.asarray(text_emb).reshape(b, n, d)[:, SLOT_RAW]
+        i2t, t2i = official_clip_loss(image_emb, t0, s)
+        mkcl = 0.5 * (i2t + t2i)
+        return mkcl, {"loss": mkcl, "i2t": i2t, "t2i": t2i, "mkcl": mkcl, "slra": zero,
+                      "dkw_mean": zero + 1.0, "dkw_std": zero}
+    text = jnp.asarray(text_emb)
+    mask = jnp.asarray(valid).reshape(b, n)
+    if config.positives == "knowledge":  # the public code run without --subcaptions: N = 3 slots
+        if config.dkw:
+            raise ValueError("official mode: dkw needs subtext slots (positives='all'); "
+                             "the public code fails with --use_disease_specific_weight and no subcaptions")
+        k = NUM_KNOWLEDGE_SLOTS
+        text = text.reshape(b, n, d)[:, :k].reshape(b * k, d)
+        mask = mask[:, :k]
+    elif config.dkw and n <= NUM_KNOWLEDGE_SLOTS:
+        raise ValueError("official mode: dkw needs N > 3 text slots")
+    if config.slra:
+        ek = official_knowledge_embedding(patch_emb, text, config.sigma, config.slra_grad_to_raw)
+    else:  # slra term not used: e^k only feeds the (discarded) slra value
+        ek = jnp.zeros((b, d), ct)
+    out = official_loss_from_ek(ek, image_emb, text, mask, s, lambda_m=1.0,
+                                lambda_s=config.slra_lambda, dkw=config.dkw)
+    slra = out["slra"] if config.slra else zero
+    loss = out["mkcl"] + config.slra_lambda * slra if config.slra else out["mkcl"]
+    terms = {"loss": loss, "i2t": out["i2t"], "t2i": out["t2i"], "mkcl": out["mkcl"], "slra": slra,
+             "dkw_mean": out["dkw_mean"], "dkw_std": out["dkw_std"]}
+    return loss, terms
+
+
+def make_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale,
+              config: LossConfig = LossConfig()):
+    """The MAKE training objective over the flat text representation (MAKE_SPEC §1-3).
+
+    Args:
+      image_emb: (B, D) L2-normalised image (CLS) embeddings.
+      patch_emb: (B, P, D) L2-normalised patch embeddings (may be None when ``config.slra`` is False
+        or ``config.positives`` is not 'all': SLRA then has no subtext row to act on).
+      text_emb: (M, D) L2-normalised text embeddings, one per text row.
+      owner: (M,) int, image index of each row (in [0, B) for valid rows).
+      slot: (M,) int, 0 raw, 1 disease, 2 concept, 3.. subtexts.
+      valid: (M,) bool, whether the row is a text.
+      logit_scale: scalar, the LOG scale (s = exp(logit_scale)).
+      config: a :class:`LossConfig` (static under jit).
+
+    Maths runs in float32 (or float64 when given float64 with x64 enabled), whatever the input dtype.
+    Paper mode accepts rows in any order (packed or dense). Official mode needs the dense
+    sample-major layout (owner = r // N, slot = r % N; see :func:`dense_layout`).
+
+    Returns:
+      (loss, terms) with terms ``loss``, ``i2t``, ``t2i``, ``mkcl``, ``slra`` (unweighted by lambda),
+      ``dkw_mean``, ``dkw_std`` (of the weights over valid subtext rows).
+    """
+    if config.mode == "paper":
+        return paper_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config)
+    return _official(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config)
