@@ -1,0 +1,300 @@
+"""The Grain input pipeline over converted MAKE records (``make_jax.data.convert``).
+
+    from make_jax.data.pipeline import PipelineConfig, train_dataset, eval_dataset
+
+    cfg = PipelineConfig(image_size=224, context_length=77, seed=0, num_workers=8)
+    ds = train_dataset("DATA/make_derm/1.0.0", global_batch_size=2048, config=cfg)   # a grain.IterDataset
+    it = iter(ds)
+    batch = next(it)          # {'images': (B, S, S, 3) uint8, 'text_ids': (B, 11, L) int32, 'text_valid': (B, 11) bool}
+    state = it.get_state()    # checkpoint (or grain.checkpoint.CheckpointSave(it) with Orbax) ...
+    it2 = iter(ds); it2.set_state(state)   # ... and resume: exactly the batches that would have come next
+
+B is this process's part of the global batch (``global_batch_size / process_count``).
+
+How the order is defined (so it is reproducible, resumable, and independent of the worker count):
+
+* Element ``j`` of this process's stream belongs to local step ``s = j // B`` and row ``r = j % B``; step ``s`` is
+  step ``k = s % steps_per_epoch`` of epoch ``e = s // steps_per_epoch``, and the row sits at position
+  ``k·G + p·B + r`` of epoch ``e``'s order (G the global batch, p this process). So process p's batch is rows
+  [p·B, (p+1)·B) of the global batch, and concatenating the processes' batches gives the global batch.
+* Epoch ``e``'s order is a permutation of the records seeded by (seed, e) (train) or the record order (eval).
+  Training drops each epoch's last ``N mod G`` records of that permutation (drop_remainder; a different subset
+  each epoch); eval pads its last global batch and marks padding with ``example_valid = False``.
+* Each example's augmentation draws come from a generator seeded by (seed, epoch, record index) — not from a
+  worker's state — and ``mp_prefetch`` interleaves whole batches from its workers round-robin, so the batches are
+  the same for any number of worker processes or threads.
+* The pipeline is ``MapDataset.range → map(load, decode, transform) → batch → to_iter_dataset → mp_prefetch →
+  thread prefetch``; every stage is a Grain stage with checkpointable iterator state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from make_jax.tokenizer import EOT_ID
+
+from .aspects import NUM_SLOTS, SLOT_RAW
+from .records import CONTEXT_LENGTH, PIPELINE_FIELDS, TRAIN, VALIDATION, RecordSource, decode_record
+from .transforms import TrainTransformConfig, decode_image, eval_transform, normalize, train_transform
+
+_PERM_STREAM = 0x5EED_0001
+_AUG_STREAM = 0x5EED_0002
+_FOREVER_EPOCHS = 10**9
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Options of the input pipeline.
+
+    image_size:       output side S (224 for the paper, 64 for the CPU demo).
+    context_length:   L ≤ 77; ids are cut to L as the tokenizer would at context L (EOT kept at L-1).
+    slot0:            'raw' (slot 0 = the raw caption) or 'dagger' (slot 0 = the Derm1M† text; clip_dagger).
+    output:           'uint8' (normalise on device, ``train.step.normalize_images``) or 'float32' (normalised).
+    seed:             shuffle and augmentation seed.
+    num_workers:      worker processes (``mp_prefetch``); 0 = all in this process.
+    worker_buffer_size: batches each worker keeps ready.
+    read_threads:     threads per process computing batches (PIL and NumPy release the GIL); 0 = inline.
+    prefetch_batches: batches a background thread of the consuming process keeps ready (0 = none).
+    with_index:       also yield 'index' (B,) int64 record index and 'epoch' (B,) int64 (debugging/tests).
+    augment:          the train transform's parameters (its ``size`` is replaced by ``image_size``).
+    """
+
+    image_size: int = 224
+    context_length: int = CONTEXT_LENGTH
+    slot0: str = "raw"
+    output: str = "uint8"
+    seed: int = 0
+    num_workers: int = 0
+    worker_buffer_size: int = 2
+    read_threads: int = 0
+    prefetch_batches: int = 2
+    with_index: bool = False
+    augment: TrainTransformConfig = field(default_factory=TrainTransformConfig)
+
+    def __post_init__(self):
+        if not 1 <= self.context_length <= CONTEXT_LENGTH:
+            raise ValueError(f"context_length must be in [1, {CONTEXT_LENGTH}], got {self.context_length}")
+        if self.slot0 not in ("raw", "dagger"):
+            raise ValueError(f"slot0 must be 'raw' or 'dagger', got {self.slot0!r}")
+        if self.output not in ("uint8", "float32"):
+            raise ValueError(f"output must be 'uint8' or 'float32', got {self.output!r}")
+        if self.image_size < 1:
+            raise ValueError("image_size must be positive")
+
+
+def trim_text_ids(ids: np.ndarray, lengths: np.ndarray, context_length: int) -> np.ndarray:
+    """(…, 77) ids → (…, L): the ids the tokenizer gives at context L ([SOT] + body[:L-2] + [EOT] + pad)."""
+    if context_length >= ids.shape[-1]:
+        return ids
+    out = ids[..., :context_length].copy()
+    out[lengths > context_length, context_length - 1] = EOT_ID
+    return out
+
+
+def steps_per_epoch(num_records: int, global_batch_size: int, drop_remainder: bool = True) -> int:
+    if drop_remainder:
+        return num_records // global_batch_size
+    return math.ceil(num_records / global_batch_size)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Element j of one process's stream → (epoch, record index), or record -1 for eval padding."""
+
+    num_records: int
+    global_batch_size: int
+    process_index: int
+    process_count: int
+    shuffle: bool
+    seed: int
+    drop_remainder: bool
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.global_batch_size // self.process_count
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.num_records, self.global_batch_size, self.drop_remainder)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, _PERM_STREAM]).permutation(self.num_records)
+
+    def locate(self, j: int, perm_cache: dict) -> tuple[int, int]:
+        b = self.local_batch_size
+        s, r = divmod(int(j), b)
+        epoch, k = divmod(s, self.steps_per_epoch)
+        pos = k * self.global_batch_size + self.process_index * b + r
+        if pos >= self.num_records:
+            return epoch, -1
+        if not self.shuffle:
+            return epoch, pos
+        perm = perm_cache.get(epoch)
+        if perm is None:  # keep the last two epochs (threads may straddle an epoch boundary)
+            perm = self.permutation(epoch)
+            for old in sorted(perm_cache)[:-1]:
+                perm_cache.pop(old, None)
+            perm_cache[epoch] = perm
+        return epoch, int(perm[pos])
+
+
+class ExampleLoader:
+    """The per-element map: locate → read → decode → transform → text slots. Picklable (spawned workers)."""
+
+    def __init__(self, source: RecordSource, sampler: Sampler, config: PipelineConfig, train: bool):
+        self.source = source
+        self.sampler = sampler
+        self.config = config
+        self.train = train
+        self.augment = dataclasses.replace(config.augment, size=config.image_size)
+        self._perm_cache: dict = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_perm_cache"] = {}
+        return state
+
+    def example_rng(self, epoch: int, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, epoch, index, _AUG_STREAM])
+
+    def __call__(self, j: int) -> dict:
+        cfg = self.config
+        epoch, index = self.sampler.locate(j, self._perm_cache)
+        L, S = cfg.context_length, cfg.image_size
+        if index < 0:  # eval padding
+            out = {
+                "images": np.zeros((S, S, 3), np.uint8),
+                "text_ids": np.zeros((NUM_SLOTS, L), np.int32),
+                "text_valid": np.zeros((NUM_SLOTS,), bool),
+            }
+        else:
+            rec = decode_record(self.source[index], PIPELINE_FIELDS)
+            img = decode_image(rec["image"])
+            if self.train:
+                image = train_transform(img, self.example_rng(epoch, index), self.augment)
+            else:
+                image = eval_transform(img, S)
+            ids, lengths, valid = rec["text_ids"], rec["text_lengths"], rec["text_valid"]
+            if cfg.slot0 == "dagger":
+                ids[SLOT_RAW] = rec["dagger_ids"]
+                lengths[SLOT_RAW] = rec["dagger_length"]
+                valid[SLOT_RAW] = rec["dagger_length"] > 0
+            out = {"images": image, "text_ids": trim_text_ids(ids, lengths, L), "text_valid": valid}
+        if cfg.output == "float32":
+            out["images"] = normalize(out["images"])
+        if not self.train:
+            out["example_valid"] = np.bool_(index >= 0)
+        if cfg.with_index:
+            out["index"] = np.int64(index)
+            out["epoch"] = np.int64(epoch)
+        return out
+
+
+def _stack(examples):
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _shard(shard_options):
+    if shard_options is None:
+        import grain
+
+        shard_options = grain.sharding.ShardByJaxProcess()
+    return shard_options.shard_index, shard_options.shard_count
+
+
+def _grain_flags_workaround() -> None:
+    """Grain 0.2.x reads an absl flag when starting worker processes with JAX imported, and raises if the program
+    never parsed absl flags (google/grain#1355, #1360). Mark just that flag as given (its default value applies),
+    as Grain itself does for its debug flags; a program that parses absl flags is left alone."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        for name in ("grain_enable_multiprocess_worker_profiling",):
+            if name in flags.FLAGS:
+                flags.FLAGS[name].present = True
+
+
+def _build(source, sampler, config, train, num_steps):
+    import grain
+
+    b = sampler.local_batch_size
+    loader = ExampleLoader(source, sampler, config, train)
+    ds = grain.MapDataset.range(num_steps * b).map(loader).batch(b, drop_remainder=True, batch_fn=_stack)
+    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(1, 2 * config.read_threads))
+    it = ds.to_iter_dataset(read)
+    if config.num_workers > 0:
+        _grain_flags_workaround()
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=config.num_workers,
+                                         per_worker_buffer_size=config.worker_buffer_size)
+        )
+    if config.prefetch_batches > 0:
+        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.prefetch_batches)
+    return it
+
+
+def _check_batch(global_batch_size: int, count: int) -> None:
+    if global_batch_size < 1 or global_batch_size % count:
+        raise ValueError(f"global batch {global_batch_size} must be a positive multiple of the process count {count}")
+
+
+def train_dataset(
+    path: str | os.PathLike | RecordSource,
+    global_batch_size: int,
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    split: str = TRAIN,
+    num_epochs: int | None = None,
+    shard_options=None,
+):
+    """Training batches: per-epoch seeded shuffle, repeat (``num_epochs``; None = forever), train transform,
+    drop_remainder. ``shard_options`` (``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()``) picks
+    this process's rows of every global batch. Yields dicts: 'images' (B, S, S, 3) uint8 (or float32 normalised),
+    'text_ids' (B, 11, L) int32, 'text_valid' (B, 11) bool [, 'index', 'epoch' (B,) int64]."""
+    source = path if isinstance(path, RecordSource) else RecordSource(path, split)
+    p, count = _shard(shard_options)
+    _check_batch(global_batch_size, count)
+    sampler = Sampler(len(source), global_batch_size, p, count, True, config.seed, True)
+    spe = sampler.steps_per_epoch
+    if spe == 0:
+        raise ValueError(f"{len(source)} records give no full global batch of {global_batch_size}")
+    epochs = _FOREVER_EPOCHS if num_epochs is None else num_epochs
+    return _build(source, sampler, config, True, spe * epochs)
+
+
+def eval_dataset(
+    path: str | os.PathLike | RecordSource,
+    global_batch_size: int,
+    config: PipelineConfig = PipelineConfig(),
+    *,
+    split: str = VALIDATION,
+    shard_options=None,
+):
+    """One pass in record order with the eval transform; the last global batch is padded (zeros) and every batch
+    carries 'example_valid' (B,) bool. Same keys as ``train_dataset`` otherwise."""
+    source = path if isinstance(path, RecordSource) else RecordSource(path, split)
+    p, count = _shard(shard_options)
+    _check_batch(global_batch_size, count)
+    sampler = Sampler(len(source), global_batch_size, p, count, False, config.seed, False)
+    return _build(source, sampler, config, False, sampler.steps_per_epoch)
+
+
+def num_records(path: str | os.PathLike, split: str = TRAIN) -> int:
+    return len(RecordSource(path, split))
+
+
+__all__ = [
+    "ExampleLoader",
+    "PipelineConfig",
+    "Sampler",
+    "eval_dataset",
+    "num_records",
+    "steps_per_epoch",
+    "train_dataset",
+    "trim_text_ids",
+]

@@ -1,0 +1,261 @@
+"""The Grain input pipeline (make_jax.data.pipeline) over a small converted dataset.
+
+Expected values are computed independently: images by decoding the stored record and applying the transform with
+the generator the documented rule seeds, texts by running the tokenizer on the record's strings, batch order from
+the documented sampler arithmetic, normalisation from the CLIP constants.
+"""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import grain
+import numpy as np
+import pytest
+from PIL import Image
+
+from make_jax.data import convert as C
+from make_jax.data import pipeline as P
+from make_jax.data import records as R
+from make_jax.data import transforms as T
+from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD
+from make_jax.tokenizer import tokenize_with_lengths
+
+GOLDEN = Path(__file__).parent / "golden" / "MAKE_training_example.csv"
+N_RECORDS = 22
+S = 32  # output image size
+NOSHARD = grain.sharding.NoSharding()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    with open(GOLDEN, newline="", encoding="utf-8") as fh:
+        golden = list(csv.DictReader(fh))
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(N_RECORDS):
+        r = dict(golden[i % 10])
+        r["filename"] = f"img/{i:03d}.png"
+        path = tmp / "images" / r["filename"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        w, h = 60 + 3 * i, 45 + 2 * (i % 5)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        rows.append(r)
+    with open(tmp / "train.csv", "w", newline="", encoding="utf-8") as fh:
+        wr = csv.DictWriter(fh, list(rows[0].keys()))
+        wr.writeheader()
+        wr.writerows(rows)
+    res = C.convert(str(tmp / "train.csv"), str(tmp / "images"), str(tmp / "out"), val_fraction=0.25, workers=0,
+                    shorter_side=40, shard_size=5, progress=False, log=lambda s: None)
+    train = R.read_records(res.directory, "train")
+    val = R.read_records(res.directory, "validation")
+    return res.directory, train, val
+
+
+def cfg(**kw):
+    kw.setdefault("image_size", S)
+    kw.setdefault("prefetch_batches", 0)
+    return P.PipelineConfig(**kw)
+
+
+def take(ds, n):
+    it = iter(ds)
+    out = [next(it) for _ in range(n)]
+    if hasattr(it, "close"):
+        it.close()
+    return out
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert sorted(x) == sorted(y)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+# --- batch contents ------------------------------------------------------------------------------------------------
+def test_train_batch_format_and_contents(data):
+    path, train, _ = data
+    n = len(train)
+    L = 20
+    c = cfg(context_length=L, with_index=True, seed=3)
+    batches = take(P.train_dataset(path, 4, c, shard_options=NOSHARD), 3)
+    for b in batches:
+        assert set(b) == {"images", "text_ids", "text_valid", "index", "epoch"}
+        assert b["images"].shape == (4, S, S, 3) and b["images"].dtype == np.uint8
+        assert b["text_ids"].shape == (4, 11, L) and b["text_ids"].dtype == np.int32
+        assert b["text_valid"].shape == (4, 11) and b["text_valid"].dtype == np.bool_
+        for r in range(4):
+            i, e = int(b["index"][r]), int(b["epoch"][r])
+            assert 0 <= i < n
+            rec = train[i]
+            np.testing.assert_array_equal(b["text_valid"][r], rec["text_valid"])
+            ids, _ = tokenize_with_lengths(rec["texts"], L)  # the tokenizer at context L
+            valid = rec["text_valid"]
+            np.testing.assert_array_equal(b["text_ids"][r][valid], ids[valid])
+            assert (b["text_ids"][r][~valid] == 0).all()
+            # the image: decode the stored bytes, augment with the generator seeded by (seed, epoch, index)
+            img = Image.open(io.BytesIO(rec["image"])).convert("RGB")
+            rng = np.random.default_rng([3, e, i, P._AUG_STREAM])
+            want = T.train_transform(img, rng, T.TrainTransformConfig(size=S))
+            np.testing.assert_array_equal(b["images"][r], want)
+
+
+def test_float32_output_is_clip_normalised(data):
+    path = data[0]
+    u8 = take(P.train_dataset(path, 4, cfg(seed=1), shard_options=NOSHARD), 2)
+    f32 = take(P.train_dataset(path, 4, cfg(seed=1, output="float32"), shard_options=NOSHARD), 2)
+    mean, std = np.array(CLIP_MEAN), np.array(CLIP_STD)
+    for a, b in zip(u8, f32):
+        assert b["images"].dtype == np.float32
+        np.testing.assert_allclose(b["images"], (a["images"] / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_slot0_dagger(data):
+    path, train, _ = data
+    b = take(P.train_dataset(path, 4, cfg(slot0="dagger", with_index=True), shard_options=NOSHARD), 1)[0]
+    for r in range(4):
+        rec = train[int(b["index"][r])]
+        ids, _ = tokenize_with_lengths(rec["dagger_text"], 77)
+        np.testing.assert_array_equal(b["text_ids"][r, 0], ids[0])
+        assert b["text_valid"][r, 0]
+        ids_all, _ = tokenize_with_lengths(rec["texts"], 77)  # the other slots unchanged
+        v = rec["text_valid"]
+        np.testing.assert_array_equal(b["text_ids"][r, 1:][v[1:]], ids_all[1:][v[1:]])
+
+
+@pytest.mark.parametrize("L", [1, 2, 6, 16, 77])
+def test_trim_text_ids_equals_tokenizing_at_L(L):
+    texts = ["a " * 100, "psoriasis vulgaris plaque on the elbow", "", "x"]
+    ids77, len77 = tokenize_with_lengths(texts, 77)
+    ids, _ = tokenize_with_lengths(texts, L)
+    np.testing.assert_array_equal(P.trim_text_ids(ids77, len77, L), ids)
+
+
+# --- order: shuffle, epochs, determinism -------------------------------------------------------------------------
+def test_epochs_are_seeded_permutations_with_drop_remainder(data):
+    path, train, _ = data
+    n, G = len(train), 4
+    spe = n // G
+    bs = take(P.train_dataset(path, G, cfg(with_index=True, seed=7), shard_options=NOSHARD), 3 * spe)
+    idx = np.concatenate([b["index"] for b in bs]).reshape(3, spe * G)
+    ep = np.concatenate([b["epoch"] for b in bs]).reshape(3, spe * G)
+    for e in range(3):
+        assert (ep[e] == e).all()
+        assert len(set(idx[e].tolist())) == spe * G  # no repeats within an epoch; n % G records dropped
+        perm = np.random.default_rng([7, e, P._PERM_STREAM]).permutation(n)
+        np.testing.assert_array_equal(idx[e], perm[: spe * G])
+    assert not np.array_equal(idx[0], idx[1]) and not np.array_equal(idx[1], idx[2])
+    # the same record gets fresh augmentation in another epoch
+    same = take(P.train_dataset(path, G, cfg(with_index=True, seed=7), shard_options=NOSHARD), 3 * spe)
+    assert_batches_equal(bs, same)  # deterministic
+    other = take(P.train_dataset(path, G, cfg(with_index=True, seed=8), shard_options=NOSHARD), 1)
+    assert not np.array_equal(other[0]["index"], bs[0]["index"])
+
+
+def test_augmentation_depends_only_on_seed_epoch_index(data):
+    path = data[0]
+    # batch size 4 vs 2: the epoch permutation is the same, so the same (epoch, index) must give the same image
+    a = take(P.train_dataset(path, 4, cfg(with_index=True), shard_options=NOSHARD), 2)
+    b = take(P.train_dataset(path, 2, cfg(with_index=True), shard_options=NOSHARD), 4)
+    ia = np.concatenate([x["index"] for x in a])
+    ib = np.concatenate([x["index"] for x in b])
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_array_equal(np.concatenate([x["images"] for x in a]), np.concatenate([x["images"] for x in b]))
+
+
+# --- workers, checkpointing, multi-host ----------------------------------------------------------------------------
+def test_workers_threads_and_checkpoint_restore(data):
+    path, train, _ = data
+    spe = len(train) // 4  # 4 steps per epoch
+    ref = take(P.train_dataset(path, 4, cfg(with_index=True), shard_options=NOSHARD), 2 * spe)
+
+    # 2 worker processes, 2 threads each and a prefetch thread: the same batches
+    ds = P.train_dataset(path, 4, cfg(with_index=True, num_workers=2, read_threads=2, prefetch_batches=2),
+                         shard_options=NOSHARD)
+    it = iter(ds)
+    got = [next(it) for _ in range(3)]
+    state = json.loads(json.dumps(it.get_state()))  # mid-epoch 0, after 3 batches; JSON as grain.checkpoint saves it
+    got += [next(it) for _ in range(2 * spe - 3)]
+    it.close()
+    assert_batches_equal(got, ref)
+    it2 = iter(ds)
+    it2.set_state(state)  # across the epoch boundary (batches 3..7 = rest of epoch 0 and epoch 1)
+    resumed = [next(it2) for _ in range(2 * spe - 3)]
+    it2.close()
+    assert_batches_equal(resumed, ref[3:])
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 6])
+def test_checkpoint_in_process(data, cut):
+    path = data[0]
+    ds = P.train_dataset(path, 4, cfg(with_index=True, read_threads=2, prefetch_batches=2), shard_options=NOSHARD)
+    full = take(ds, 9)
+    it = iter(ds)
+    for _ in range(cut):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    it2 = iter(P.train_dataset(path, 4, cfg(with_index=True, read_threads=2, prefetch_batches=2),
+                               shard_options=NOSHARD))
+    it2.set_state(state)  # a fresh pipeline object, as after a restart
+    assert_batches_equal([next(it2) for _ in range(9 - cut)], full[cut:])
+
+
+def test_process_shards_union_is_the_global_batch(data):
+    path = data[0]
+    G = 8
+    whole = take(P.train_dataset(path, G, cfg(with_index=True), shard_options=NOSHARD), 4)
+    parts = [take(P.train_dataset(path, G, cfg(with_index=True), shard_options=grain.sharding.ShardOptions(p, 4)), 4)
+             for p in range(4)]
+    for s in range(4):
+        for k in whole[s]:
+            glued = np.concatenate([parts[p][s][k] for p in range(4)])
+            assert glued.shape[0] == G
+            np.testing.assert_array_equal(glued, whole[s][k], err_msg=k)
+    # eval too (with padding)
+    ew = list(P.eval_dataset(path, 4, cfg(with_index=True), shard_options=NOSHARD))
+    ep = [list(P.eval_dataset(path, 4, cfg(with_index=True), shard_options=grain.sharding.ShardOptions(p, 2)))
+          for p in range(2)]
+    assert len(ep[0]) == len(ep[1]) == len(ew)
+    for s in range(len(ew)):
+        for k in ew[s]:
+            np.testing.assert_array_equal(np.concatenate([ep[0][s][k], ep[1][s][k]]), ew[s][k], err_msg=k)
+
+
+# --- eval ----------------------------------------------------------------------------------------------------------
+def test_eval_order_padding_and_transform(data):
+    path, _, val = data
+    n = len(val)
+    assert n == round(0.25 * N_RECORDS)
+    batches = list(P.eval_dataset(path, 4, cfg(with_index=True, context_length=77), shard_options=NOSHARD))
+    assert len(batches) == -(-n // 4)
+    ev = np.concatenate([b["example_valid"] for b in batches])
+    assert ev.tolist() == [True] * n + [False] * (4 * len(batches) - n)
+    idx = np.concatenate([b["index"] for b in batches])
+    assert idx[:n].tolist() == list(range(n))
+    images = np.concatenate([b["images"] for b in batches])
+    ids = np.concatenate([b["text_ids"] for b in batches])
+    valid = np.concatenate([b["text_valid"] for b in batches])
+    for i, rec in enumerate(val):
+        img = Image.open(io.BytesIO(rec["image"])).convert("RGB")
+        # resize shorter side to S bicubic, centre crop, written with PIL here
+        w, h = img.size
+        nw, nh = (S, int(S * h / w)) if w <= h else (int(S * w / h), S)
+        top, left = int(round((nh - S) / 2)), int(round((nw - S) / 2))
+        want = np.asarray(img.resize((nw, nh), Image.Resampling.BICUBIC).crop((left, top, left + S, top + S)))
+        np.testing.assert_array_equal(images[i], want)
+        np.testing.assert_array_equal(ids[i], rec["text_ids"])
+    assert (images[n:] == 0).all() and not valid[n:].any() and (ids[n:] == 0).all()
+
+
+def test_bad_batch_sizes(data):
+    path = data[0]
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        P.train_dataset(path, 6, cfg(), shard_options=grain.sharding.ShardOptions(0, 4))
+    with pytest.raises(ValueError, match="no full global batch"):
+        P.train_dataset(path, 64, cfg(), shard_options=NOSHARD)
+    with pytest.raises(ValueError, match="context_length"):
+        P.PipelineConfig(context_length=78)
