@@ -21,8 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD  # noqa: E402  (re-exported)
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:

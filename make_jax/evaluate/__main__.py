@@ -1,0 +1,5 @@
+import sys
+
+from make_jax.evaluate.cli import main
+
+sys.exit(main())

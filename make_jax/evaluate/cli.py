@@ -1,0 +1,268 @@
+"""`python -m make_jax.evaluate`: run one evaluation task, or several from a config file, and write JSON.
+
+    python -m make_jax.evaluate --checkpoint ckpt/make --task zero_shot --csv PAD/test.csv --classes PAD \\
+        --image-root PAD/images --out pad.json
+    python -m make_jax.evaluate --checkpoint ckpt/make --task concepts --data-dir skincon --out skincon.json
+    python -m make_jax.evaluate --checkpoint ckpt/make --task retrieval --csv skincap/skincap.csv \\
+        --caption-column caption_zh_polish_en --out skincap.json
+    python -m make_jax.evaluate --checkpoint ckpt/make --task infer --images lesion.jpg --classes PAD
+    python -m make_jax.evaluate --checkpoint ckpt/make --config configs/eval_paper.py:/data/eval --out paper.json
+
+See docs/evaluation.md for the layouts and the numbers to expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from make_jax.evaluate import registry
+from make_jax.evaluate.common import to_jsonable
+from make_jax.evaluate.datasets import DatasetError
+
+__all__ = ["build_parser", "headline", "load_config", "load_encoder", "main", "write_json"]
+
+COMMON = ("workers", "progress", "strict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m make_jax.evaluate", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="tasks: zero_shot, concepts, retrieval, infer (see docs/evaluation.md)")
+    m = p.add_argument_group("model")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="make_jax checkpoint directory (python -m make_jax.convert writes one)")
+    src.add_argument("--random-init", metavar="PRESET",
+                     help="random weights of a model preset (tiny, small, ViT-B-16): pipeline checks and speed only")
+    m.add_argument("--seed", type=int, default=0, help="seed of --random-init")
+    m.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16 (parameters stay float32)")
+    m.add_argument("--batch-size", type=int, default=32, help="images per jitted encoder call (default 32)")
+    m.add_argument("--text-batch-size", type=int, default=None, help="texts per call (default 4×batch size)")
+
+    r = p.add_argument_group("run")
+    what = r.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="zero_shot | concepts | retrieval | infer")
+    what.add_argument("--config", help="an eval config (configs/eval_*.py, optionally FILE:ARG) listing several sets")
+    r.add_argument("--name", help="a label for this set in the results")
+    r.add_argument("--out", help="write the results here as JSON")
+    r.add_argument("--workers", type=int, default=None, help="image-decoding threads (default: CPU count, ≤16)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    r.add_argument("--format", choices=("table", "json"), default="table", help="what to print (default: table)")
+
+    d = p.add_argument_group("dataset options (by task)")
+    d.add_argument("--csv", help="zero_shot: filename,label CSV; retrieval: filename,caption CSV")
+    d.add_argument("--image-root", help="folder the CSV's filenames are relative to (default: the CSV's folder)")
+    d.add_argument("--classes", help="zero_shot / infer: class list, a preset (PAD, F17K, SNU-134, SD-128) or a "
+                                     "JSON / text file")
+    d.add_argument("--templates", help="zero_shot / infer: templates JSON (default: the 8 of templates.json)")
+    d.add_argument("--topk", type=int, nargs="+", default=None,
+                   help="zero_shot: accuracies to report (default 1 5); infer: classes to show (default 5)")
+    d.add_argument("--filename-column", default=None, help="zero_shot / retrieval: image column (default filename)")
+    d.add_argument("--label-column", default=None, help="zero_shot: label column (default label)")
+    d.add_argument("--save-predictions", action="store_true", help="zero_shot: per-image top-k in the JSON")
+    d.add_argument("--data-dir", help="concepts: SkinCon / Derm7pt-layout directory")
+    d.add_argument("--meta", default=None, help="concepts: label table inside --data-dir (default meta.csv)")
+    d.add_argument("--image-dir", default=None, help="concepts: image folder inside --data-dir (default final_images)")
+    d.add_argument("--concept-list", default=None,
+                   help="concepts: concept_list.txt (default), another file, 'a,b,c', or 'all' for every column")
+    d.add_argument("--concept-terms", default=None, help="concepts: synonym table JSON (default ConceptTerms.json)")
+    d.add_argument("--concept-prompts", default=None, help="concepts: prompts JSON (default concept_prompts.json)")
+    d.add_argument("--id-column", default=None, help="concepts: image-id column of meta.csv (default ImageID)")
+    d.add_argument("--save-scores", action="store_true", help="concepts: per-image concept scores in the JSON")
+    d.add_argument("--caption-column", default=None,
+                   help="retrieval: caption column (default caption, else SkinCAP's caption_zh_polish_en)")
+    d.add_argument("--ks", type=int, nargs="+", default=None, help="retrieval: recall cut-offs (default 1 5 10 50 100)")
+    d.add_argument("--images", help="infer: an image file or a folder of images")
+    d.add_argument("--recursive", action="store_true", help="infer: also images in sub-folders")
+    return p
+
+
+def load_encoder(checkpoint: str | None = None, random_init: str | None = None, *, seed: int = 0,
+                 dtype: str | None = None, batch_size: int = 32, text_batch_size: int | None = None):
+    """`make_jax.load(checkpoint)`, or an Encoder around a randomly initialised preset."""
+    if random_init:
+        from make_jax.inference import Encoder
+        from make_jax.models import create_model, get_model_config
+
+        cfg = get_model_config(random_init, **({"dtype": dtype} if dtype else {}))
+        return Encoder(create_model(cfg, seed=seed), batch_size=batch_size, text_batch_size=text_batch_size)
+    if not checkpoint:
+        raise ValueError("give --checkpoint DIR (or --random-init PRESET for a pipeline check)")
+    from make_jax.inference import load
+
+    return load(checkpoint, dtype=dtype, batch_size=batch_size, text_batch_size=text_batch_size)
+
+
+def load_config(spec: str) -> dict:
+    """configs/eval_x.py[:ARG] → plain dict from its get_config(ARG) (an ml_collections ConfigDict or a dict)."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config {path}: file not found")
+    mod_spec = importlib.util.spec_from_file_location(f"_make_eval_config_{abs(hash(path))}", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_config"):
+        raise ValueError(f"config {path}: defines no get_config()")
+    cfg = mod.get_config(arg) if arg else mod.get_config()
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    return _plain(cfg)
+
+
+def _plain(x):
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _entries(cfg: dict) -> list[dict]:
+    evals = cfg.get("evals")
+    if not evals:
+        raise ValueError("config: needs 'evals', a list of {task, name, options...} or a dict name → {task, ...}")
+    if isinstance(evals, dict):
+        evals = [{"name": k, **v} for k, v in evals.items()]
+    out = []
+    for i, e in enumerate(evals):
+        if "task" not in e:
+            raise ValueError(f"config: evals[{i}] ({e.get('name', '?')}) has no 'task'")
+        out.append(dict(e))
+    return out
+
+
+def headline(result: dict) -> dict:
+    """The few numbers a summary table shows."""
+    t, m = result.get("task"), result.get("metrics", {})
+    if t == "zero_shot":
+        return {"top1": m.get("top1"), "top5": m.get("top5"), "balanced_acc": m.get("balanced_accuracy"),
+                "auroc": m.get("macro_auroc_ovr")}
+    if t == "concepts":
+        return {"mean_auroc": m.get("mean_auroc"), "concepts": m.get("num_concepts")}
+    if t == "retrieval":
+        return {"i2t_R@10": m["image_to_text"].get("R@10"), "t2i_R@10": m["text_to_image"].get("R@10")}
+    return {}
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Strict JSON (NaN → null), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(to_jsonable(obj), f, indent=1, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _task_options(task: registry.Task, args: argparse.Namespace) -> dict:
+    names = {"csv", "image_root", "classes", "templates", "filename_column", "label_column", "save_predictions",
+             "data_dir", "meta", "image_dir", "concept_list", "concept_terms", "concept_prompts", "id_column",
+             "save_scores", "caption_column", "ks", "images", "recursive", "workers", "strict"}
+    opts = {k: getattr(args, k) for k in names if k in task.options and getattr(args, k) not in (None, False)}
+    if args.topk is not None and "topk" in task.options:
+        opts["topk"] = max(args.topk) if task.name == "infer" else tuple(args.topk)
+    if "progress" in task.options:
+        opts["progress"] = not args.no_progress
+    return opts
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or v != v else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t_start = time.perf_counter()
+    try:
+        cfg = load_config(args.config) if args.config else {}
+        checkpoint = args.checkpoint or cfg.get("checkpoint") or None
+        random_init = args.random_init or (None if checkpoint else cfg.get("random_init"))
+        if args.task:
+            task = registry.get(args.task)
+            opts = _task_options(task, args)
+            missing = [o for o in task.required if o not in opts]
+            if missing:
+                flags = ", ".join("--" + o.replace("_", "-") for o in missing)
+                raise ValueError(f"task {task.name} needs {flags}")
+        encoder = load_encoder(checkpoint, random_init, seed=args.seed, dtype=args.dtype or cfg.get("dtype"),
+                               batch_size=cfg.get("batch_size", args.batch_size),
+                               text_batch_size=args.text_batch_size or cfg.get("text_batch_size"))
+    except (DatasetError, FileNotFoundError, ValueError, KeyError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model = {"checkpoint": str(Path(checkpoint).absolute()) if checkpoint else None, "random_init": random_init,
+             "dtype": args.dtype or cfg.get("dtype"), "batch_size": getattr(encoder, "batch_size", None)}
+
+    if args.task:
+        try:
+            result = registry.run_task(encoder, task.name, **opts)
+        except (DatasetError, FileNotFoundError, OSError, ValueError, TypeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.name:
+            result["name"] = args.name
+        out = {**model, **result, "seconds": time.perf_counter() - t_start, "argv": list(sys.argv[1:] if argv is None
+                                                                                          else argv)}
+        if args.format == "json":
+            print(json.dumps(to_jsonable(out), indent=1))
+        else:
+            print(task.table(result))
+        if args.out:
+            write_json(args.out, out)
+        return 0
+
+    results, failed = [], 0
+    for e in _entries(cfg):
+        name, tname = e.pop("name", None), e.pop("task")
+        try:
+            task = registry.get(tname)
+            for k in COMMON:
+                if k in task.options and k not in e:
+                    v = {"workers": args.workers, "progress": not args.no_progress, "strict": args.strict}[k]
+                    if v is not None:
+                        e[k] = v
+            res = registry.run_task(encoder, task.name, **e)
+            res["name"] = name or task.name
+            print(task.table(res), flush=True)
+        except (DatasetError, FileNotFoundError, OSError, ValueError, TypeError, KeyError) as err:
+            failed += 1
+            res = {"task": tname, "name": name, "error": str(err)}
+            print(f"error in {name or tname}: {err}", file=sys.stderr, flush=True)
+        results.append(res)
+    published = cfg.get("published") or {}
+    summary = []
+    for r in results:
+        s = {"name": r.get("name"), "task": r.get("task"), **({"error": r["error"]} if "error" in r else headline(r))}
+        if r.get("name") in published:
+            s["published"] = published[r.get("name")]
+        summary.append(s)
+    print("\nsummary")
+    for s in summary:
+        vals = "  ".join(f"{k} {_fmt(v)}" for k, v in s.items() if k not in ("name", "task", "published"))
+        if "published" in s:
+            vals += "  | published " + "  ".join(f"{k} {_fmt(v)}" for k, v in s["published"].items())
+        print(f"  {str(s['name']):<16} {str(s['task']):<10} {vals}")
+    out = {**model, "config": args.config, "results": results, "summary": summary,
+           "seconds": time.perf_counter() - t_start}
+    if args.format == "json":
+        print(json.dumps(to_jsonable(out), indent=1))
+    if args.out:
+        write_json(args.out, out)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
