@@ -1,0 +1,42 @@
+"""Shared defaults of every training config (spec §7). Each config file starts from `base_config()`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Model: a preset name from make_jax.models.config.PRESETS plus numerics overrides.
+    c.model = ml_collections.ConfigDict(dict(
+        name="ViT-B-16", dtype="bfloat16", remat=True, attention="auto", activation="quick_gelu"))
+    # A converted checkpoint directory to start from (e.g. OpenAI CLIP ViT-B/16 through make_jax.convert);
+    # empty: train from open_clip's initialisation.
+    c.init_from = ""
+
+    # Loss: make_jax.losses.LossConfig fields; the defaults are the paper's MAKE row.
+    c.loss = ml_collections.ConfigDict(dict(
+        mode="paper", positives="all", slra=True, dkw=True, slra_lambda=0.7, sigma=0.0, dkw_norm="ratio",
+        slra_grad_to_raw=True))
+
+    # Data: records written by `python -m make_jax.data.convert`.
+    c.data = ml_collections.ConfigDict(dict(
+        records="", split="train", image_size=224, context_length=77, num_slots=11, slot0="raw",
+        workers=8, prefetch=2, shuffle=True))
+
+    c.batch_size = 2048
+    c.epochs = 15.0
+    c.total_steps = 0  # > 0 overrides epochs
+
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-4, warmup_steps=1500, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.0))
+
+    c.log_every = 10
+    c.checkpoint_every = 200
+    c.keep_checkpoints = 3
+    c.tensorboard = True
+    c.progress = True
+
+    # Periodic zero-shot evaluation on one set (empty csv: off).
+    c.eval = ml_collections.ConfigDict(dict(every=0, csv="", images="", classnames="", batch_size=64))
+    return c

@@ -1,0 +1,42 @@
+"""The embedded default: SynthDerm → records → a small MAKE model trained on CPU → export → evaluation.
+
+    python launch.py --config configs/demo.py --workdir runs/demo
+
+On a fresh machine it generates SynthDerm (`data/synthderm/`, git-ignored) if absent, builds its records
+(`data/synthderm/records/`) if absent, trains the `small` model with the MAKE loss for a few minutes on 2 CPU
+cores, exports the final checkpoint to WORKDIR/export and evaluates it on SynthDerm's held-out zero-shot,
+concept and retrieval sets (WORKDIR/eval.json). Rerunning resumes from WORKDIR's last checkpoint.
+"""
+
+from configs.common import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.name = "small"
+    c.model.dtype = "float32"
+    c.model.remat = False
+    c.model.activation = "gelu"
+
+    # SynthDerm generation and records (done by launch.py when absent).
+    c.synthderm = dict(out="data/synthderm", seed=0, num_train=2000, num_val=200, image_size=80)
+    c.data.records = "data/synthderm/records"
+    c.data.image_size = 64
+    c.data.context_length = 32
+    c.data.workers = 0
+    c.data.shorter_side = 72
+
+    c.batch_size = 64
+    c.epochs = 0.0
+    c.total_steps = 300
+    c.optim.lr = 5e-4
+    c.optim.warmup_steps = 30
+    c.optim.weight_decay = 0.1
+
+    c.log_every = 10
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 2
+
+    # Evaluation of the export on SynthDerm's held-out sets (paths relative to c.synthderm.out).
+    c.final_eval = dict(zero_shot=True, concepts=True, retrieval=True)
+    return c

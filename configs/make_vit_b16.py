@@ -1,0 +1,11 @@
+"""The paper's recipe (spec §7): ViT-B/16 + 12×512 text tower, MAKE loss, AdamW 1e-4, batch 2048, 15 epochs.
+
+    python launch.py --config configs/make_vit_b16.py --workdir runs/make \
+        --config.data.records=/data/derm1m_records --config.init_from=checkpoints/openai_vitb16
+"""
+
+from configs.common import base_config
+
+
+def get_config():
+    return base_config()

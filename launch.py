@@ -1,0 +1,38 @@
+"""Entry point: `python launch.py --config configs/<name>.py[:arg] --workdir DIR [--config.field=value ...]`.
+
+Every config field can be overridden on the command line (`--config.batch_size=256`,
+`--config.loss.slra=False`). The resolved config is saved as WORKDIR/config.json. `--sweep` runs the rows of an
+ablation config one after another (see configs/ablation.py) and writes WORKDIR/sweep.{md,csv}.
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `configs` importable from any cwd
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Training config file (get_config()).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, export. "
+                               "Default: runs/<config name>.")
+_SWEEP = flags.DEFINE_bool("sweep", False, "Run every row of an ablation config and tabulate them.")
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from make_jax.train.run import run, run_sweep
+
+    config = _CONFIG.value
+    config_path = flags.FLAGS["config"].config_filename
+    workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+    if _SWEEP.value:
+        run_sweep(config, workdir)
+    else:
+        run(config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

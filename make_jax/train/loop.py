@@ -1,0 +1,201 @@
+"""The training loop: init or resume, the jitted step over sharded batches, logging, checkpoints, export.
+
+    train(config, workdir) -> dict with the final metrics and the export path
+
+`config` is an ml_collections ConfigDict (see configs/); the data come from `make_train_data(config)`, any
+iterator of batch dicts with Grain's `get_state()` / `set_state()`, so that a resumed run sees exactly the batches
+an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from make_jax.losses import LossConfig
+from make_jax.models import ModelConfig, create_model, get_model_config
+from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
+from make_jax.train.flops import peak_flops, train_flops_per_image
+from make_jax.train.metrics_writer import MetricWriter
+from make_jax.train.optimizer import make_optimizer
+from make_jax.train.step import (ModelFunctions, TrainState, batch_sharding, init_train_state, jit_train_step,
+                                 make_mesh, make_train_step, replicated, slots_to_encode)
+
+logger = logging.getLogger("make_jax.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def maybe_initialize_distributed() -> None:
+    """`jax.distributed.initialize()` when the environment describes a multi-process job.
+
+    JAX reads the coordinator, process count and id from its own variables (JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES, JAX_PROCESS_ID) or from a cluster manager it detects (SLURM, Open MPI, Kubernetes...).
+    """
+    if jax.process_count() > 1:  # already initialised
+        return
+    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+    if any(os.environ.get(m) for m in markers):
+        if os.environ.get("SLURM_NTASKS", "1") == "1" and not os.environ.get("JAX_COORDINATOR_ADDRESS") \
+                and os.environ.get("OMPI_COMM_WORLD_SIZE", "1") == "1":
+            return  # a single-task allocation: nothing to coordinate
+        jax.distributed.initialize()
+
+
+def model_config_from(config) -> ModelConfig:
+    m = config.model
+    overrides = {k: m[k] for k in ("dtype", "remat", "attention", "activation") if k in m and m[k] is not None}
+    return get_model_config(m.name, **overrides)
+
+
+def loss_config_from(config) -> LossConfig:
+    return LossConfig(**dict(config.loss))
+
+
+def initial_params(config, model_cfg: ModelConfig, fns: ModelFunctions, params):
+    """Parameters to start from: a converted checkpoint (`config.init_from`) or the fresh initialisation."""
+    if not config.get("init_from"):
+        return params
+    from make_jax.checkpoint.orbax_io import load_params, read_config
+
+    src_cfg = read_config(config.init_from)
+    geometry = lambda c: (c.embed_dim, c.vision, c.text)  # noqa: E731 - numerics may differ, geometry may not
+    if geometry(src_cfg) != geometry(model_cfg):
+        raise ValueError(f"init_from {config.init_from}: its model geometry differs from config.model "
+                         f"({src_cfg.to_dict()} vs {model_cfg.to_dict()})")
+    logger.info("initialising from %s", config.init_from)
+    return load_params(config.init_from, model_cfg)
+
+
+def total_steps_of(config, num_examples: int | None) -> int:
+    if config.get("total_steps", 0) and config.total_steps > 0:
+        return int(config.total_steps)
+    if not num_examples:
+        raise ValueError("set config.total_steps, or config.epochs with a dataset of known size")
+    return int(config.epochs * num_examples // config.batch_size)
+
+
+def _global_batch(batch: dict, sharding) -> dict:
+    """Host-local numpy batch → global jax arrays split on the data axis (each process gives its own rows)."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None = None,
+          stop_after: int | None = None) -> dict:
+    """Runs (or resumes) the training described by `config` in `workdir`.
+
+    `make_data(config, process_index, process_count) -> (iterator, num_examples)` builds the input; the default
+    is the Grain pipeline over `config.data`. `stop_after` ends the run after that many steps of *this call*
+    (for tests and benchmarks); checkpoints and export then follow the usual rules.
+    """
+    maybe_initialize_distributed()
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    config_dict = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
+    if is_main:
+        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+
+    model_cfg = model_config_from(config)
+    loss_cfg = loss_config_from(config)
+    if make_data is None:
+        from make_jax.train.data import make_train_data as make_data
+    data_iter, num_examples = make_data(config, jax.process_index(), jax.process_count())
+    total_steps = total_steps_of(config, num_examples)
+
+    model = create_model(model_cfg, seed=config.seed)
+    fns = ModelFunctions(model)
+    params = initial_params(config, model_cfg, fns, fns.params(model))
+    del model
+    o = config.optim
+    optimizer, schedule = make_optimizer(
+        params, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=total_steps, b1=o.b1, b2=o.b2, eps=o.eps,
+        weight_decay=o.weight_decay, grad_clip_norm=o.get("grad_clip_norm") or None)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+    mesh = make_mesh()
+    state = jax.device_put(state, jax.tree.map(lambda _: replicated(mesh), state))
+    ckpts = TrainCheckpoints(workdir / "checkpoints", max_to_keep=config.get("keep_checkpoints", 3))
+    start = 0
+    latest = ckpts.latest_step()
+    if latest is not None:
+        state, data_state, _ = ckpts.restore(latest, abstract_like(state))
+        if data_state:
+            data_iter.set_state(data_state)
+        start = int(state.step)
+        logger.info("resumed from %s at step %d", ckpts.directory / str(latest), start)
+
+    step_fn = jit_train_step(make_train_step(fns, optimizer, loss_cfg, schedule), mesh, state)
+    sharding = batch_sharding(mesh)
+    writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
+    log_every = int(config.get("log_every", 10))
+    ckpt_every = int(config.get("checkpoint_every", 0)) or total_steps
+    peak = peak_flops(jax.devices()[0].device_kind)
+    texts_per_image = slots_to_encode(loss_cfg, config.data.get("num_slots", 11))
+    flops_per_image = train_flops_per_image(model_cfg, texts_per_image, config.data.get("context_length", 77))
+
+    last = {}
+    finite = jnp.asarray(True)
+    t_last, steps_since = time.perf_counter(), 0
+    bar = tqdm(total=total_steps, initial=start, desc="train", disable=not is_main or not config.get("progress", True),
+               dynamic_ncols=True)
+    end = total_steps if stop_after is None else min(total_steps, start + stop_after)
+    step = start
+    try:
+        while step < end:
+            batch = _global_batch(next(data_iter), sharding)
+            state, metrics = step_fn(state, batch)
+            finite = jnp.logical_and(finite, jnp.isfinite(metrics["loss"]))  # no host sync here
+            step += 1
+            steps_since += 1
+            bar.update(1)
+            save_now = step % ckpt_every == 0 or step == total_steps
+            if step % log_every == 0 or save_now or step == end:
+                host = jax.device_get(metrics)
+                if not bool(finite):
+                    good = ckpts.latest_step()
+                    where = ckpts.directory / str(good) if good is not None else "none (no checkpoint yet)"
+                    raise NonFiniteLossError(f"non-finite loss at or before step {step} (loss={host['loss']}); "
+                                             f"the last good checkpoint is {where} and was kept")
+                now = time.perf_counter()
+                ips = steps_since * config.batch_size / max(now - t_last, 1e-9)
+                t_last, steps_since = now, 0
+                last = {k: float(v) for k, v in host.items()}
+                last["images_per_s"] = ips
+                if peak:
+                    last["mfu"] = ips * flops_per_image / (peak * jax.device_count())
+                writer.write(step, last)
+                bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "mkcl", "slra", "lr", "logit_scale",
+                                                                  "images_per_s", "mfu") if k in last})
+            if save_now:
+                ckpts.save(step, state, data_iter.get_state(), config_dict)
+    finally:
+        bar.close()
+        writer.close()
+
+    result = {"step": step, "metrics": last, "final_params": state.params}
+    if step == total_steps:
+        export_dir = export(state.params, model_cfg, workdir / "export") if is_main else None
+        result["export"] = str(export_dir) if export_dir else None
+    ckpts.close()
+    return result
+
+
+def export(params, model_cfg: ModelConfig, out: Path) -> Path:
+    """The inference export: parameters + model config only, opened by `make_jax.load` and the evaluators."""
+    from make_jax.checkpoint.orbax_io import save_checkpoint
+
+    host = jax.device_get(params)
+    return save_checkpoint(out, host, model_cfg, overwrite=True)
