@@ -18,14 +18,27 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Training
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, export. "
                                "Default: runs/<config name>.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Run every row of an ablation config and tabulate them.")
+_PRINT = flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit.")
 
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = _CONFIG.value
+    if _PRINT.value:
+        print(config.to_json_best_effort(indent=2, sort_keys=True))
+        return
+    # Our progress and summaries at INFO; Orbax's and Grain's per-operation absl logs only from WARNING up.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("make_jax", "make_jax.train", "make_jax.data"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("make_jax").addHandler(handler)
+    logging.getLogger("make_jax").propagate = False
     from make_jax.train.run import run, run_sweep
 
-    config = _CONFIG.value
     config_path = flags.FLAGS["config"].config_filename
     workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
     if _SWEEP.value:

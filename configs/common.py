@@ -23,6 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         records="", split="train", image_size=224, context_length=77, num_slots=11, slot0="raw",
         workers=8, prefetch=2, shuffle=True))
+    # The train transform of spec §6 (make_jax.data.transforms.TrainTransformConfig).
+    c.data.augment = ml_collections.ConfigDict(dict(
+        scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3), jitter_prob=0.8, brightness=0.32, contrast=0.32, saturation=0.32,
+        hue=0.08, grayscale_prob=0.2))
 
     c.batch_size = 2048
     c.epochs = 15.0

@@ -21,21 +21,26 @@ def get_config():
     # SynthDerm generation and records (done by launch.py when absent).
     c.synthderm = dict(out="data/synthderm", seed=0, num_train=2000, num_val=200, image_size=80)
     c.data.records = "data/synthderm/records"
-    c.data.image_size = 64
+    c.data.image_size = 48
     c.data.context_length = 32
     c.data.workers = 0
-    c.data.shorter_side = 72
+    c.data.shorter_side = 56
 
-    c.batch_size = 64
+    c.batch_size = 32
     c.epochs = 0.0
-    c.total_steps = 300
+    c.total_steps = 250
     c.optim.lr = 5e-4
-    c.optim.warmup_steps = 30
+    c.optim.warmup_steps = 25
     c.optim.weight_decay = 0.1
 
     c.log_every = 10
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
+
+    # Zero-shot accuracy on SynthDerm's held-out set every 100 steps (logged under "eval" in metrics.jsonl).
+    c.eval.every = 100
+    c.eval.csv = "data/synthderm/zeroshot/test.csv"
+    c.eval.classnames = "data/synthderm/zeroshot/classnames.json"
 
     # Evaluation of the export on SynthDerm's held-out sets (paths relative to c.synthderm.out).
     c.final_eval = dict(zero_shot=True, concepts=True, retrieval=True)

@@ -76,6 +76,14 @@ class Encoder:
         self._both_fn = jax.jit(both_fn)
         self._text_fn = jax.jit(text_fn)
 
+    def set_params(self, params: dict) -> None:
+        """Use new parameter values of the same structure (a pure dict, e.g. a training state's params) without
+        recompiling: the jitted encoders take the state as an argument."""
+        state = nnx.state(self.model, nnx.Param)
+        nnx.replace_by_pure_dict(state, params)
+        nnx.update(self.model, state)
+        self._graphdef, self._state = nnx.split(self.model)
+
     # ---- properties -----------------------------------------------------------------------------------------
     @property
     def logit_scale(self) -> float:

@@ -62,18 +62,8 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    from make_jax.data.convert import convert
-    from make_jax.data.synthderm import SynthDermConfig, generate
-
-    root = tmp_path_factory.mktemp("synthderm")
-    generate(root, SynthDermConfig(seed=3, num_train=48, num_val=8, num_zeroshot=16, num_concepts=16,
-                                   num_retrieval=8, image_size=40), workers=1, progress=False)
-    res = convert(str(root / "make" / "train.csv"), str(root / "make"), str(root / "records"),
-                  val_csv=str(root / "make" / "val.csv"), shorter_side=36, workers=0, progress=False,
-                  log=lambda *_: None)
-    assert res.complete and res.splits["train"] == 48
-    return res.directory
+def records(synthderm_small):
+    return synthderm_small[1]
 
 
 def _overrides(records, **extra):

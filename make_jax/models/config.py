@@ -191,8 +191,8 @@ PRESETS: dict[str, ModelConfig] = {
     # Small towers that learn SynthDerm on a CPU in minutes (demo config).
     "small": ModelConfig(
         embed_dim=128,
-        vision=VisionConfig(image_size=64, patch_size=8, width=192, layers=4, heads=3),
-        text=TextConfig(width=128, layers=4, heads=2),
+        vision=VisionConfig(image_size=48, patch_size=8, width=128, layers=3, heads=2),
+        text=TextConfig(width=128, layers=3, heads=2),
     ),
 }
 

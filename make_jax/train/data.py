@@ -4,12 +4,18 @@ from __future__ import annotations
 
 
 def pipeline_config(config):
+    """`config.data` → PipelineConfig. `config.data.augment` (optional) overrides fields of the spec §6 train
+    transform (TrainTransformConfig: scale, ratio, jitter_prob, brightness, contrast, saturation, hue,
+    grayscale_prob)."""
     from make_jax.data.pipeline import PipelineConfig
+    from make_jax.data.transforms import TrainTransformConfig
 
     d = config.data
+    augment = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(d.get("augment") or {}).items()}
     return PipelineConfig(image_size=d.image_size, context_length=d.context_length, slot0=d.slot0, output="uint8",
                           seed=config.seed, num_workers=d.get("workers", 0),
-                          prefetch_batches=d.get("prefetch", 2), read_threads=d.get("read_threads", 0))
+                          prefetch_batches=d.get("prefetch", 2), read_threads=d.get("read_threads", 0),
+                          augment=TrainTransformConfig(**augment))
 
 
 def make_train_data(config, process_index: int, process_count: int):

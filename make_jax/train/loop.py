@@ -146,6 +146,8 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     texts_per_image = slots_to_encode(loss_cfg, config.data.get("num_slots", 11))
     flops_per_image = train_flops_per_image(model_cfg, texts_per_image, config.data.get("context_length", 77))
 
+    evaluator = PeriodicZeroShot(config, fns) if is_main and config.eval.get("every") and config.eval.get("csv") \
+        else None
     last = {}
     finite = jnp.asarray(True)
     t_last, steps_since = time.perf_counter(), 0
@@ -181,6 +183,8 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
                                                                   "images_per_s", "mfu") if k in last})
             if save_now:
                 ckpts.save(step, state, data_iter.get_state(), config_dict)
+            if evaluator is not None and (step % config.eval.every == 0 or step == end):
+                writer.write(step, evaluator(state.params), prefix="eval")
     finally:
         bar.close()
         writer.close()
@@ -191,6 +195,34 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
         result["export"] = str(export_dir) if export_dir else None
     ckpts.close()
     return result
+
+
+class PeriodicZeroShot:
+    """Zero-shot accuracy of the current parameters on `config.eval` (csv, classnames, images), during training.
+
+    One `Encoder` is built at the first call and re-pointed at new parameters afterwards, so evaluation compiles
+    once.
+    """
+
+    def __init__(self, config, fns: ModelFunctions):
+        self.config = config
+        self.fns = fns
+        self.encoder = None
+
+    def __call__(self, params) -> dict:
+        from make_jax.evaluate import zero_shot
+        from make_jax.evaluate.cli import headline
+        from make_jax.inference import Encoder
+
+        host = jax.device_get(params)
+        if self.encoder is None:
+            self.encoder = Encoder(self.fns.merge(host), batch_size=self.config.eval.get("batch_size", 64))
+        else:
+            self.encoder.set_params(host)
+        e = self.config.eval
+        result = zero_shot.run(self.encoder, csv=e.csv, classes=e.classnames, image_root=e.get("images") or None,
+                               progress=False)
+        return {k: v for k, v in headline(result).items() if isinstance(v, (int, float))}
 
 
 def export(params, model_cfg: ModelConfig, out: Path) -> Path:
