@@ -8,19 +8,22 @@ The base is the demo setting (small model, SynthDerm) unless `base=paper` is giv
 (`configs/ablation.py:row=make,base=paper`): then it is the full recipe of configs/make_vit_b16.py.
 """
 
+import dataclasses
+
 from configs import demo
 from configs.common import base_config
+from make_jax.losses import TABLE3, LossConfig
 
-# Row name → LossConfig fields (and the text put in slot 0). `clip_dagger` trains on the Derm1M† text (raw
-# caption + disease + concept texts in one) as its single positive.
+# Row name → LossConfig (the paper's Table 3 rows as make_jax.losses.TABLE3 defines them). `clip_dagger` trains on
+# the Derm1M† text (raw caption + disease + concept texts in one) as its single positive.
 ROWS = {
-    "clip": dict(positives="clip_raw", slra=False, dkw=False),
-    "clip_dagger": dict(positives="clip_dagger", slra=False, dkw=False),
-    "mkcl_knowledge": dict(positives="knowledge", slra=False, dkw=False),
-    "mkcl": dict(positives="all", slra=False, dkw=False),
-    "mkcl_slra": dict(positives="all", slra=True, dkw=False),
-    "make": dict(positives="all", slra=True, dkw=True),
-    "official": dict(mode="official", positives="all", slra=True, dkw=True, dkw_norm="softmax"),
+    "clip": TABLE3["clip"],
+    "clip_dagger": TABLE3["clip_dagger"],
+    "mkcl_knowledge": TABLE3["mkcl#"],
+    "mkcl": TABLE3["mkcl"],
+    "mkcl_slra": TABLE3["mkcl+slra"],
+    "make": TABLE3["make"],
+    "official": LossConfig(mode="official", positives="all", slra=True, dkw=True, dkw_norm="softmax"),
 }
 
 
@@ -38,10 +41,11 @@ def _parse(arg: str | None) -> dict:
 def apply_row(config, row: str):
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; known: {sorted(ROWS)}")
-    fields = ROWS[row]
-    for k, v in fields.items():
-        config.loss[k] = v
-    config.data.slot0 = "dagger" if fields["positives"] == "clip_dagger" else "raw"
+    loss = ROWS[row]
+    for k, v in dataclasses.asdict(loss).items():
+        if k in config.loss:
+            config.loss[k] = v
+    config.data.slot0 = "dagger" if loss.positives == "clip_dagger" else "raw"
     config.row = row
     return config
 
