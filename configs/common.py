@@ -29,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
         hue=0.08, grayscale_prob=0.2))
 
     c.batch_size = 2048
+    # > 1: the two-pass embedding-cache step (GradCache) over this many micro-batches — the same loss and
+    # gradients as one pass with the memory of one micro-batch's activations.
+    c.microbatches = 1
     c.epochs = 15.0
     c.total_steps = 0  # > 0 overrides epochs
 

@@ -53,3 +53,30 @@ def test_periodic_zero_shot_is_logged_and_matches_the_export(synthderm_small, tm
     ref = zero_shot.run(make_jax.load(result["export"]), csv=c.eval.csv, classes=c.eval.classnames, progress=False)
     assert evals[-1]["top1"] == ref["metrics"]["top1"]
     assert 0.0 <= evals[0]["top1"] <= 1.0 and 0.0 <= evals[0]["auroc"] <= 1.0
+
+
+def test_microbatched_training_matches_one_pass(synthderm_small, tmp_path):
+    from configs.demo import get_config
+    from make_jax.train.loop import train
+
+    _, records = synthderm_small
+    losses = {}
+    for mb in (1, 2):
+        c = get_config()
+        del c["synthderm"]
+        c.model.name = "tiny"
+        c.data.records = records
+        c.data.image_size = 32
+        c.data.context_length = 16
+        c.data.prefetch = 0
+        c.batch_size = 8
+        c.total_steps = 2
+        c.log_every = 1
+        c.progress = False
+        c.tensorboard = False
+        c.microbatches = mb
+        train(c, tmp_path / f"mb{mb}")
+        lines = [json.loads(l) for l in (tmp_path / f"mb{mb}" / "metrics.jsonl").read_text().splitlines()]
+        losses[mb] = [l["loss"] for l in lines if l["split"] == "train"]
+    assert len(losses[1]) == 2
+    np.testing.assert_allclose(losses[2], losses[1], rtol=2e-5)

@@ -137,7 +137,14 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
         start = int(state.step)
         logger.info("resumed from %s at step %d", ckpts.directory / str(latest), start)
 
-    step_fn = jit_train_step(make_train_step(fns, optimizer, loss_cfg, schedule), mesh, state)
+    microbatches = int(config.get("microbatches", 1) or 1)
+    if microbatches > 1:  # GradCache: same loss and gradients as one pass, activations of one micro-batch at a time
+        from make_jax.train.gradcache import make_gradcache_train_step
+
+        step_impl = make_gradcache_train_step(fns, optimizer, loss_cfg, schedule, microbatches)
+    else:
+        step_impl = make_train_step(fns, optimizer, loss_cfg, schedule)
+    step_fn = jit_train_step(step_impl, mesh, state)
     sharding = batch_sharding(mesh)
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
     log_every = int(config.get("log_every", 10))
