@@ -37,10 +37,9 @@ def get_config():
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
 
-    # Zero-shot accuracy on SynthDerm's held-out set every 100 steps (logged under "eval" in metrics.jsonl).
+    # Zero-shot accuracy on SynthDerm's held-out set every 100 steps (logged under "eval" in metrics.jsonl);
+    # launch.py points eval.csv / eval.classnames at SynthDerm's zero-shot set when they are empty.
     c.eval.every = 100
-    c.eval.csv = "data/synthderm/zeroshot/test.csv"
-    c.eval.classnames = "data/synthderm/zeroshot/classnames.json"
 
     # Evaluation of the export on SynthDerm's held-out sets (paths relative to c.synthderm.out).
     c.final_eval = dict(zero_shot=True, concepts=True, retrieval=True)

@@ -36,6 +36,9 @@ def prepare_synthderm(config) -> None:
     if not result.complete:
         raise RuntimeError(f"record conversion of {out} did not complete; rerun to resume")
     config.data.records = result.directory
+    if config.eval.get("every") and not config.eval.get("csv"):
+        config.eval.csv = str(out / "zeroshot" / "test.csv")
+        config.eval.classnames = str(out / "zeroshot" / "classnames.json")
 
 
 # ---- evaluation of the export -------------------------------------------------------------------------------
