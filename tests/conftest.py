@@ -17,3 +17,24 @@ def synthderm_small(tmp_path_factory):
                   log=lambda *_: None)
     assert res.complete and res.splits["train"] == 48
     return root, res.directory
+
+
+def tiny_train_config(records: str, **overrides):
+    """The demo config shrunk to the tiny model on `records` (a few seconds a step on CPU), without SynthDerm
+    preparation, periodic evaluation, progress bar or TensorBoard; `overrides` set top-level fields."""
+    from configs.demo import get_config
+
+    c = get_config()
+    del c["synthderm"]
+    c.model.name = "tiny"
+    c.data.records = records
+    c.data.image_size = 32
+    c.data.context_length = 16
+    c.data.prefetch = 0
+    c.batch_size = 8
+    c.progress = False
+    c.tensorboard = False
+    c.eval.every = 0
+    for k, v in overrides.items():
+        c[k] = v
+    return c

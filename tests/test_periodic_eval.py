@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 
+from conftest import tiny_train_config
 from make_jax.models import create_model, get_model_config
 
 
@@ -25,23 +26,11 @@ def test_encoder_set_params_equals_a_fresh_encoder():
 
 def test_periodic_zero_shot_is_logged_and_matches_the_export(synthderm_small, tmp_path):
     import make_jax
-    from configs.demo import get_config
     from make_jax.evaluate import zero_shot
     from make_jax.train.loop import train
 
     root, records = synthderm_small
-    c = get_config()
-    del c["synthderm"]
-    c.model.name = "tiny"
-    c.data.records = records
-    c.data.image_size = 32
-    c.data.context_length = 16
-    c.data.prefetch = 0
-    c.batch_size = 8
-    c.total_steps = 4
-    c.checkpoint_every = 4
-    c.progress = False
-    c.tensorboard = False
+    c = tiny_train_config(records, total_steps=4, checkpoint_every=4)
     c.eval.every = 2
     c.eval.csv = str(root / "zeroshot" / "test.csv")
     c.eval.classnames = str(root / "zeroshot" / "classnames.json")
@@ -56,25 +45,12 @@ def test_periodic_zero_shot_is_logged_and_matches_the_export(synthderm_small, tm
 
 
 def test_microbatched_training_matches_one_pass(synthderm_small, tmp_path):
-    from configs.demo import get_config
     from make_jax.train.loop import train
 
     _, records = synthderm_small
     losses = {}
     for mb in (1, 2):
-        c = get_config()
-        del c["synthderm"]
-        c.model.name = "tiny"
-        c.data.records = records
-        c.data.image_size = 32
-        c.data.context_length = 16
-        c.data.prefetch = 0
-        c.batch_size = 8
-        c.total_steps = 2
-        c.log_every = 1
-        c.progress = False
-        c.tensorboard = False
-        c.microbatches = mb
+        c = tiny_train_config(records, total_steps=2, log_every=1, microbatches=mb)
         train(c, tmp_path / f"mb{mb}")
         lines = [json.loads(l) for l in (tmp_path / f"mb{mb}" / "metrics.jsonl").read_text().splitlines()]
         losses[mb] = [l["loss"] for l in lines if l["split"] == "train"]

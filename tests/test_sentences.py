@@ -5,7 +5,6 @@ from the documented rules.
 """
 
 import csv
-import re
 from pathlib import Path
 
 import pytest

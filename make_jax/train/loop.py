@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
 from make_jax.train.flops import peak_flops, train_flops_per_image
 from make_jax.train.metrics_writer import MetricWriter
 from make_jax.train.optimizer import make_optimizer
-from make_jax.train.step import (ModelFunctions, TrainState, batch_sharding, init_train_state, jit_train_step,
+from make_jax.train.step import (ModelFunctions, TrainState, batch_sharding, jit_train_step,
                                  make_mesh, make_train_step, replicated, slots_to_encode)
 
 logger = logging.getLogger("make_jax.train")

@@ -58,8 +58,7 @@ import optax
 
 from make_jax.losses import FIRST_SUBTEXT, LossConfig, make_loss
 from make_jax.models import CLIP
-from make_jax.models.clip import LOGIT_SCALE_MAX
-from make_jax.train.step import ModelFunctions, TrainState, normalize_images, slots_to_encode
+from make_jax.train.step import ModelFunctions, TrainState, apply_gradients, normalize_images, slots_to_encode
 
 DEFAULT_BUCKETS = (16, 24, 32, 48, 64, 77)
 ROW_KEYS = ("row_text", "row_owner", "row_slot", "row_valid")
@@ -409,21 +408,6 @@ def packed_forward_loss(model: CLIP, batch: dict, loss_config: LossConfig):
     encoded = encode_text_groups(model, groups)
     return loss_from_embeddings(image_out.embedding, image_out.patches, encoded, model.logit_scale[...], batch,
                                 loss_config)
-
-
-def apply_gradients(state: TrainState, grads, terms: dict, optimizer: optax.GradientTransformation,
-                    schedule: Callable | None) -> tuple[TrainState, dict]:
-    """The update and metrics of `train.step.make_train_step` (AdamW, logit_scale clamp, loss terms, grad norm,
-    exp(logit_scale), lr)."""
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, LOGIT_SCALE_MAX)
-    metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["logit_scale"] = jnp.exp(params["logit_scale"])
-    if schedule is not None:
-        metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def make_packed_train_step(fns: ModelFunctions, optimizer: optax.GradientTransformation, loss_config: LossConfig,

@@ -96,6 +96,21 @@ def init_train_state(model: CLIP, optimizer: optax.GradientTransformation) -> tu
     return fns, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
+def apply_gradients(state: TrainState, grads, terms: dict, optimizer: optax.GradientTransformation,
+                    schedule: Callable | None) -> tuple[TrainState, dict]:
+    """The optimizer update shared by every step variant (one pass, packed, GradCache): AdamW, then
+    `logit_scale` clamped to [0, ln 100]; metrics = loss terms, grad norm, exp(logit_scale), lr (float32)."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, LOGIT_SCALE_MAX)
+    metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["logit_scale"] = jnp.exp(params["logit_scale"])
+    if schedule is not None:
+        metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 def make_train_step(fns: ModelFunctions, optimizer: optax.GradientTransformation, loss_config: LossConfig,
                     schedule: Callable | None = None):
     """The pure step (not jitted; see `jit_train_step`).
@@ -109,15 +124,7 @@ def make_train_step(fns: ModelFunctions, optimizer: optax.GradientTransformation
             return forward_loss(fns.merge(params), batch, loss_config)
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, LOGIT_SCALE_MAX)
-        metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["logit_scale"] = jnp.exp(params["logit_scale"])
-        if schedule is not None:
-            metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return apply_gradients(state, grads, terms, optimizer, schedule)
 
     return step_fn
 
