@@ -182,13 +182,13 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # The paper's model: OpenAI CLIP ViT-B/16 geometry (149.6 M parameters), QuickGELU.
     "ViT-B-16": ModelConfig(),
-    # Tiny towers for unit tests: full vocabulary and context so real tokens work.
+    # Tiny towers for unit tests and the CPU demo: full vocabulary and context so real tokens work.
     "tiny": ModelConfig(
         embed_dim=32,
         vision=VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=4),
         text=TextConfig(width=64, layers=2, heads=4),
     ),
-    # Small towers that learn SynthDerm on a CPU in minutes (demo config).
+    # Small towers (48 px) for CPU experiments a step above the demo.
     "small": ModelConfig(
         embed_dim=128,
         vision=VisionConfig(image_size=48, patch_size=8, width=128, layers=3, heads=2),
