@@ -32,6 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
     # > 1: the two-pass embedding-cache step (GradCache) over this many micro-batches — the same loss and
     # gradients as one pass with the memory of one micro-batch's activations.
     c.microbatches = 1
+    # Exact text savings (paper mode, one process; make_jax/train/packing.py, docs/performance.md): encode only
+    # the valid texts, once each, in length groups at the shortest context that holds them. Budgets come from
+    # `sample_batches` batches (the `quantile` of valid and distinct texts per batch, plus a full fallback tier).
+    c.packing = ml_collections.ConfigDict(dict(
+        enabled=False, sample_batches=16, quantile=0.99, groups=(0.6, 0.2, 0.2), dedup=True))
     c.epochs = 15.0
     c.total_steps = 0  # > 0 overrides epochs
 

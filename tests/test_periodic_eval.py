@@ -56,3 +56,21 @@ def test_microbatched_training_matches_one_pass(synthderm_small, tmp_path):
         losses[mb] = [l["loss"] for l in lines if l["split"] == "train"]
     assert len(losses[1]) == 2
     np.testing.assert_allclose(losses[2], losses[1], rtol=2e-5)
+
+
+def test_packed_training_matches_dense(synthderm_small, tmp_path):
+    from make_jax.train.loop import train
+
+    _, records = synthderm_small
+    losses = {}
+    for packed in (False, True):
+        c = tiny_train_config(records, total_steps=2, log_every=1)
+        c.packing.enabled = packed
+        c.packing.sample_batches = 2
+        train(c, tmp_path / f"packed{packed}")
+        lines = [json.loads(l) for l in (tmp_path / f"packed{packed}" / "metrics.jsonl").read_text().splitlines()]
+        losses[packed] = [l["loss"] for l in lines if l["split"] == "train"]
+        if packed:
+            assert all(l["packing_dropped_texts"] == 0 for l in lines if l["split"] == "train")
+    assert len(losses[False]) == 2
+    np.testing.assert_allclose(losses[True], losses[False], rtol=2e-5)

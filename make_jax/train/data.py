@@ -30,3 +30,14 @@ def make_train_data(config, process_index: int, process_count: int):
     dataset = train_dataset(d.records, global_batch_size=config.batch_size, config=pipeline_config(config),
                             split=d.get("split", "train"))
     return iter(dataset), num_records(d.records, d.get("split", "train"))
+
+
+def sample_batches(config, count: int) -> list[dict]:
+    """`count` batches from a separate iterator over the same pipeline (the training iterator is not touched),
+    to size the packing budgets."""
+    from make_jax.data.pipeline import train_dataset
+
+    d = config.data
+    it = iter(train_dataset(d.records, global_batch_size=config.batch_size, config=pipeline_config(config),
+                            split=d.get("split", "train")))
+    return [next(it) for _ in range(count)]

@@ -86,6 +86,27 @@ def total_steps_of(config, num_examples: int | None) -> int:
     return int(config.epochs * num_examples // config.batch_size)
 
 
+def packing_config(config, loss_cfg: LossConfig, microbatches: int):
+    """The PackConfig of `config.packing` (None when off). Packing needs paper mode and one process (every
+    process would otherwise have to agree on the budgets and offset its owners)."""
+    p = config.get("packing")
+    if not p or not p.get("enabled"):
+        return None
+    if loss_cfg.mode != "paper":
+        raise ValueError("config.packing needs loss.mode='paper': official mode uses the dense layout")
+    if jax.process_count() > 1:
+        raise ValueError("config.packing is single-process only for now; turn it off for multi-host runs")
+    from make_jax.train.data import sample_batches
+    from make_jax.train.packing import suggest_pack_config
+
+    samples = sample_batches(config, int(p.get("sample_batches", 16)))
+    pack = suggest_pack_config(samples, quantile=p.get("quantile", 0.99),
+                               multiple_of=jax.device_count() * max(microbatches, 1), dedup=p.get("dedup", True),
+                               groups=tuple(p.get("groups", (1.0,))), loss_config=loss_cfg)
+    logger.info("text packing: %s", pack)
+    return pack
+
+
 def _global_batch(batch: dict, sharding) -> dict:
     """Host-local numpy batch → global jax arrays split on the data axis (each process gives its own rows)."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
@@ -137,10 +158,15 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
         logger.info("resumed from %s at step %d", ckpts.directory / str(latest), start)
 
     microbatches = int(config.get("microbatches", 1) or 1)
+    pack = packing_config(config, loss_cfg, microbatches)
     if microbatches > 1:  # GradCache: same loss and gradients as one pass, activations of one micro-batch at a time
         from make_jax.train.gradcache import make_gradcache_train_step
 
         step_impl = make_gradcache_train_step(fns, optimizer, loss_cfg, schedule, microbatches)
+    elif pack is not None:
+        from make_jax.train.packing import make_packed_train_step
+
+        step_impl = make_packed_train_step(fns, optimizer, loss_cfg, schedule)
     else:
         step_impl = make_train_step(fns, optimizer, loss_cfg, schedule)
     step_fn = jit_train_step(step_impl, mesh, state)
@@ -155,6 +181,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     evaluator = PeriodicZeroShot(config, fns) if is_main and config.eval.get("every") and config.eval.get("csv") \
         else None
     last = {}
+    dropped_texts = 0
     finite = jnp.asarray(True)
     t_last, steps_since = time.perf_counter(), 0
     bar = tqdm(total=total_steps, initial=start, desc="train", disable=not is_main or not config.get("progress", True),
@@ -163,7 +190,13 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     step = start
     try:
         while step < end:
-            batch = _global_batch(next(data_iter), sharding)
+            host_batch = next(data_iter)
+            if pack is not None:
+                from make_jax.train.packing import pack_batch
+
+                host_batch, pack_stats = pack_batch(host_batch, pack, loss_cfg)
+                dropped_texts += pack_stats["dropped"]
+            batch = _global_batch(host_batch, sharding)
             state, metrics = step_fn(state, batch)
             finite = jnp.logical_and(finite, jnp.isfinite(metrics["loss"]))  # no host sync here
             step += 1
@@ -182,6 +215,8 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
                 t_last, steps_since = now, 0
                 last = {k: float(v) for k, v in host.items()}
                 last["images_per_s"] = ips
+                if pack is not None:
+                    last["packing_dropped_texts"] = dropped_texts
                 if peak:
                     last["mfu"] = ips * flops_per_image / (peak * jax.device_count())
                 writer.write(step, last)
