@@ -92,11 +92,16 @@ def test_remat_gives_same_values_and_gradients():
         return jnp.sum(out.embedding @ text.T) + jnp.sum(out.patches[:, :, 0])
 
     grads = {}
-    for remat in (False, True):
+    for remat in (False, True, "vision", "text"):
         model = create_model(cfg.replace(remat=remat), seed=1)
+        assert model.visual.transformer.remat == (remat in (True, "vision"))
+        assert model.text.transformer.remat == (remat in (True, "text"))
         grads[remat] = nnx.grad(loss_fn)(model)
-    for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for remat in (True, "vision", "text"):
+        for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[remat])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="remat"):
+        cfg.replace(remat="both")
 
 
 def test_bfloat16_compute_is_close_to_float32_and_keeps_float32_params():

@@ -61,7 +61,8 @@ class ModelConfig:
     `activation`: "quick_gelu" (x·σ(1.702x), OpenAI-initialised weights such as MAKE and CLIP ViT-B/16) or "gelu"
     (exact erf GELU, open_clip's own non-OpenAI models). `dtype` is the compute dtype ("float32" or "bfloat16");
     parameters are always float32. `attention`: "auto" lets JAX pick (cuDNN where it applies on GPU), "xla" or
-    "cudnn" force one. `remat`: rematerialise each transformer block in the backward pass.
+    "cudnn" force one. `remat`: rematerialise each transformer block in the backward pass — True (both towers),
+    False, or one tower only ("vision" or "text"), since the image tower holds most activations per example.
     """
 
     embed_dim: int = 512
@@ -71,13 +72,15 @@ class ModelConfig:
     ln_eps: float = 1e-5
     dtype: str = "float32"
     attention: AttentionImpl = "auto"
-    remat: bool = False
+    remat: bool | str = False
 
     def __post_init__(self):
         if self.activation not in ("quick_gelu", "gelu"):
             raise ValueError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
         if self.attention not in ("xla", "cudnn", "auto"):
             raise ValueError(f"attention must be 'xla', 'cudnn' or 'auto', got {self.attention!r}")
+        if self.remat not in (True, False, "vision", "text"):
+            raise ValueError(f"remat must be True, False, 'vision' or 'text', got {self.remat!r}")
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
             raise ValueError(f"dtype must be float32, bfloat16, float16 or float64, got {self.dtype!r}")
         for tower, cfg in (("vision", self.vision), ("text", self.text)):
@@ -87,6 +90,10 @@ class ModelConfig:
             raise ValueError(
                 f"vision.image_size {self.vision.image_size} is not a multiple of patch_size {self.vision.patch_size}"
             )
+
+    def remat_tower(self, tower: str) -> bool:
+        """Whether the blocks of `tower` ("vision" or "text") are rematerialised."""
+        return self.remat is True or self.remat == tower
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

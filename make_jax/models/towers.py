@@ -41,7 +41,7 @@ class VisionTower(nnx.Module):
             scale * jax.random.normal(rngs.params(), (v.num_patches + 1, v.width), jnp.float32))
         self.ln_pre = LayerNorm(v.width, cfg.ln_eps)
         self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_width, causal=False, init_stds={},
-                                       cfg=cfg, rngs=rngs)
+                                       cfg=cfg, rngs=rngs, remat=cfg.remat_tower("vision"))
         self.ln_post = LayerNorm(v.width, cfg.ln_eps)
         self.proj = nnx.Param(scale * jax.random.normal(rngs.params(), (v.width, cfg.embed_dim), jnp.float32))
         self.patch_size = v.patch_size
@@ -82,7 +82,7 @@ class TextTower(nnx.Module):
         fc_std = (2 * t.width) ** -0.5
         init_stds = {"in_proj": attn_std, "out_proj": proj_std, "c_fc": fc_std, "c_proj": proj_std}
         self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, causal=True, init_stds=init_stds,
-                                       cfg=cfg, rngs=rngs)
+                                       cfg=cfg, rngs=rngs, remat=cfg.remat_tower("text"))
         self.ln_final = LayerNorm(t.width, cfg.ln_eps)
         self.text_projection = nnx.Param(attn_std * jax.random.normal(rngs.params(), (t.width, cfg.embed_dim),
                                                                       jnp.float32))

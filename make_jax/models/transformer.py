@@ -140,7 +140,7 @@ class Transformer(nnx.Module):
     """
 
     def __init__(self, width: int, layers: int, heads: int, hidden: int, *, causal: bool, init_stds: dict,
-                 cfg: ModelConfig, rngs: nnx.Rngs):
+                 cfg: ModelConfig, rngs: nnx.Rngs, remat: bool = False):
         states = []
         graphdef = None
         for _ in range(layers):
@@ -150,7 +150,7 @@ class Transformer(nnx.Module):
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
         self.blocks = nnx.merge(graphdef, stacked)  # every Param has a leading (L,) axis
         self.layers = layers
-        self.remat = cfg.remat
+        self.remat = remat
 
     def __call__(self, x: jax.Array) -> jax.Array:
         graphdef, stacked = nnx.split(self.blocks)
