@@ -102,7 +102,8 @@ def ref_loss(img, patch, txt, owner, slot, valid, logit_scale, cfg, w=None, traw
             for p in range(patch.shape[1]):
                 zz = float(patch[i, p] @ traw[i])
                 z.append(zz if zz >= cfg.sigma else 0.0)
-            if sum(z) <= 0:
+            if sum(z) <= 0:  # Eq. 5 with every z = 0: e = 0, and sim<., 0> = 0 (the image stays in the softmax)
+                ek[i] = np.zeros(patch.shape[2])
                 continue
             e = sum(z[p] * patch[i, p] for p in range(patch.shape[1])) / (sum(z) + cfg.eps)
             ek[i] = e / math.sqrt(float(e @ e))
@@ -297,3 +298,21 @@ def test_paper_gradients_match_finite_differences(cfg):
     assert np.all(grads[2][~valid] == 0.0)
     assert np.abs(grads[0]).max() > 1e-3 and np.abs(grads[2]).max() > 1e-3
     assert (np.abs(grads[1]).max() > 1e-3) == cfg.slra
+
+
+def test_images_whose_patches_all_fall_below_sigma_stay_in_slra():
+    """Eq. 5 with every z below sigma gives e = 0: the image keeps a zero e^k (logit 0), as target and as
+    negative. If such images were dropped, pushing every patch below sigma would zero L_slra — a loophole the
+    MAKE row found in training. With sigma above every possible cosine, every valid subtext row's loss is
+    log(#images with a raw text), whatever the embeddings."""
+    batch = make_batch(3)
+    img, patch, txt, owner, slot, valid, ls = batch
+    cfg = LossConfig(sigma=1.01, dkw=False)  # no cosine reaches 1.01
+    _, terms = run_jax(batch, cfg)
+    with_raw = {int(o) for o, s_, v in zip(owner, slot, valid) if v and s_ == 0}
+    subtexts = [r for r in range(len(owner)) if valid[r] and slot[r] >= 3 and int(owner[r]) in with_raw]
+    assert subtexts and len(with_raw) > 1
+    np.testing.assert_allclose(float(terms["slra"]), math.log(len(with_raw)), rtol=1e-12)
+    assert float(terms["slra"]) > 0
+    # and the reference (loops straight from the equations) agrees
+    np.testing.assert_allclose(ref_loss(*batch, cfg)["slra"], math.log(len(with_raw)), rtol=1e-12)

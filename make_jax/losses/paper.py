@@ -64,8 +64,10 @@ def knowledge_embedding(patch, text, own, slot, v, num_images: int, config: Loss
     """Eq. 5: e^k_i from image i's OWN raw-text row. Returns (e^k (B, D) L2-normalised, has_ek (B,)).
 
     z_in = v_in . t_raw(i); z <- z if z >= sigma else 0; e = sum_n v_in z_in / (sum_n z_in + eps);
-    e^k = e / ||e||. has_ek is False when image i has no valid raw text or sum_n z_in = 0 (then e^k
-    is undefined: the image is neither a target nor a negative of L_slra).
+    e^k = e / ||e||. has_ek is False only when image i has no valid raw text (then it is neither a target nor
+    a negative of L_slra). When no patch passes sigma (sum_n z_in = 0) the formula gives e = 0 and e^k = 0: the
+    image stays in the softmax with logit 0 as target and as negative. Dropping such images instead would let
+    the model zero L_slra by pushing every patch below sigma (seen in training before this was settled).
     """
     raw_row = row_of_slot(v & (slot == SLOT_RAW), own, num_images)
     has_raw = raw_row >= 0
@@ -75,10 +77,10 @@ def knowledge_embedding(patch, text, own, slot, v, num_images: int, config: Loss
     z = jnp.einsum("bpd,bd->bp", patch, t_raw)  # (B, P): only each image's own raw text
     z = jnp.where(z >= config.sigma, z, 0.0)
     den = jnp.sum(z, axis=-1)  # >= 0 because sigma >= 0
-    has_ek = has_raw & (den > 0)
-    e = jnp.einsum("bp,bpd->bd", z, patch)
-    e = e / jnp.where(has_ek, den + config.eps, 1.0)[:, None]
-    return safe_l2_normalize(e, has_ek), has_ek
+    has_mass = has_raw & (den > 0)
+    e = jnp.einsum("bp,bpd->bd", z, patch)  # exactly 0 where den == 0 (every z is 0 there)
+    e = e / jnp.where(has_mass, den + config.eps, 1.0)[:, None]
+    return safe_l2_normalize(e, has_mass), has_raw
 
 
 def paper_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config: LossConfig):
