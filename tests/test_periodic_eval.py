@@ -74,3 +74,25 @@ def test_packed_training_matches_dense(synthderm_small, tmp_path):
             assert all(l["packing_dropped_texts"] == 0 for l in lines if l["split"] == "train")
     assert len(losses[False]) == 2
     np.testing.assert_allclose(losses[True], losses[False], rtol=2e-5)
+
+
+def test_init_from_a_converted_checkpoint(synthderm_small, tmp_path):
+    import pytest
+
+    from make_jax.checkpoint import load_params, save_checkpoint
+    from make_jax.train.loop import train
+
+    _, records = synthderm_small
+    source = create_model(get_model_config("tiny"), seed=11)
+    save_checkpoint(tmp_path / "init", source, get_model_config("tiny"))
+    c = tiny_train_config(records, total_steps=1, init_from=str(tmp_path / "init"))
+    c.optim.lr = 0.0  # no update: the export must be the initial checkpoint, not the seed-0 initialisation
+    result = train(c, tmp_path / "run")
+    got = load_params(result["export"], as_numpy=True)
+    want = load_params(tmp_path / "init", as_numpy=True)
+    np.testing.assert_array_equal(got["visual"]["proj"], want["visual"]["proj"])
+    np.testing.assert_array_equal(got["text"]["token_embedding"], want["text"]["token_embedding"])
+    other = create_model(get_model_config("small"), seed=0)
+    save_checkpoint(tmp_path / "small", other, get_model_config("small"))
+    with pytest.raises(ValueError, match="geometry differs"):
+        train(tiny_train_config(records, total_steps=1, init_from=str(tmp_path / "small")), tmp_path / "run2")

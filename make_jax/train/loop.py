@@ -34,7 +34,7 @@ logger = logging.getLogger("make_jax.train")
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The loss became NaN or inf; the message names the step and the last good checkpoint (kept)."""
 
 
 def maybe_initialize_distributed() -> None:
@@ -63,7 +63,7 @@ def loss_config_from(config) -> LossConfig:
     return LossConfig(**dict(config.loss))
 
 
-def initial_params(config, model_cfg: ModelConfig, fns: ModelFunctions, params):
+def initial_params(config, model_cfg: ModelConfig, params):
     """Parameters to start from: a converted checkpoint (`config.init_from`) or the fresh initialisation."""
     if not config.get("init_from"):
         return params
@@ -137,7 +137,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
 
     model = create_model(model_cfg, seed=config.seed)
     fns = ModelFunctions(model)
-    params = initial_params(config, model_cfg, fns, fns.params(model))
+    params = initial_params(config, model_cfg, fns.params(model))
     del model
     o = config.optim
     optimizer, schedule = make_optimizer(
