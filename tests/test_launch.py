@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from make_jax.losses import TABLE3, LossConfig
+from make_jax.losses import LossConfig
 from make_jax.models import get_model_config
 from make_jax.train.flops import image_forward_flops, text_forward_flops, train_flops_per_image
 
@@ -25,18 +25,39 @@ def test_flops_match_the_spec():
     assert round(train_flops_per_image(cfg, 11) / 1e9) == 302
 
 
-def test_ablation_rows_are_table3():
-    from configs.ablation import ROWS, get_config
+# The paper's Table 3 (MAKE_SPEC §2 "Ablation switches"), written out here rather than read from the code:
+# row -> (what slot 0 holds, the slots whose texts are trained on, SLRA on, DKW on).
+ALL_SLOTS = frozenset(range(11))  # raw, disease, concept, 8 subtexts
+PAPER_TABLE3 = {
+    "clip": ("raw", frozenset({0}), False, False),  # CLIP: the raw caption, one positive
+    "clip_dagger": ("dagger", frozenset({0}), False, False),  # CLIP on Derm1M† (raw + aspects in one text)
+    "mkcl_knowledge": ("raw", frozenset({0, 1, 2}), False, False),  # mkcl#: the knowledge set only
+    "mkcl": ("raw", ALL_SLOTS, False, False),  # mkcl: knowledge set + subtexts
+    "mkcl_slra": ("raw", ALL_SLOTS, True, False),  # + SLRA
+    "make": ("raw", ALL_SLOTS, True, True),  # MAKE: mkcl + SLRA + DKW
+}
 
-    names = {"clip": "clip", "clip_dagger": "clip_dagger", "mkcl_knowledge": "mkcl#", "mkcl": "mkcl",
-             "mkcl_slra": "mkcl+slra", "make": "make"}
-    for row, table3 in names.items():
+
+def test_ablation_rows_are_table3():
+    import jax.numpy as jnp
+
+    from configs.ablation import ROWS, get_config
+    from make_jax.losses.paper import text_mask
+
+    slots = jnp.arange(11)
+    for row, (slot0, trained, slra, dkw) in PAPER_TABLE3.items():
         config = get_config(f"row={row}")
-        assert LossConfig(**dict(config.loss)) == TABLE3[table3], row
-        assert config.data.slot0 == ("dagger" if row == "clip_dagger" else "raw")
+        loss = LossConfig(**dict(config.loss))
+        # Which slots count as texts is asked of the loss's own row mask, one valid row per slot of image 0.
+        mask = text_mask(jnp.zeros(11, jnp.int32), slots, jnp.ones(11, bool), 1, loss)
+        assert frozenset(int(i) for i in jnp.flatnonzero(mask)) == trained, row
+        assert (loss.slra, loss.dkw) == (slra, dkw), row
+        assert config.data.slot0 == slot0, row
+        # Every row is the paper's maths with the paper's constants (lambda = 0.7, sigma = 0, ratio weights).
+        assert (loss.mode, loss.slra_lambda, loss.sigma, loss.dkw_norm) == ("paper", 0.7, 0.0, "ratio"), row
     official = LossConfig(**dict(get_config("row=official").loss))
     assert official.mode == "official" and official.slra and official.dkw
-    assert set(ROWS) == set(names) | {"official"}
+    assert set(ROWS) == set(PAPER_TABLE3) | {"official"}
     assert get_config("rows=clip,make").sweep_rows == "clip,make"
     with pytest.raises(ValueError, match="unknown ablation row"):
         get_config("row=nope")
