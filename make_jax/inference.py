@@ -3,10 +3,11 @@
     import make_jax
     from PIL import Image
 
-    m = make_jax.load("checkpoints/make_vitb16")            # a dir written by `python -m make_jax.convert`
+    m = make_jax.load("make")     # a registry name, hf-hub:ORG/NAME, an open_clip/HF dir or a make_jax checkpoint
     img = m.encode_image([Image.open("lesion.jpg")])          # (1, 512) float32, L2-normalised
     txt = m.encode_text(["a photo of eczema", "a photo of psoriasis"])   # (2, 512)
-    probs = softmax(100 * img @ txt.T)                        # open_clip's zero-shot convention
+    probs = softmax(100 * img @ txt.T)    # open_clip's zero-shot convention (softmax: scipy.special's or
+                                          # make_jax.evaluate.metrics.softmax)
 
 Every `encode_*` runs one jitted function at a fixed batch size; the last partial batch is padded (zeros, which
 are discarded) so any number of inputs costs no recompilation. Results are numpy float32 arrays.
@@ -23,7 +24,6 @@ from flax import nnx
 from PIL import Image
 
 from make_jax import preprocess as _pp
-from make_jax.checkpoint import orbax_io
 from make_jax.models.clip import CLIP
 from make_jax.models.config import ModelConfig
 
@@ -48,6 +48,11 @@ class Encoder:
         pp = dict(preprocess_cfg or {})
         self.mean = tuple(pp.get("mean", _pp.CLIP_MEAN))
         self.std = tuple(pp.get("std", _pp.CLIP_STD))
+        # open_clip's eval modes, as the checkpoint's preprocess_cfg asks (see make_jax.preprocess).
+        self.interpolation = pp.get("interpolation", "bicubic")
+        self.resize_mode = pp.get("resize_mode", "shortest")
+        self.fill_color = int(pp.get("fill_color", 0))
+        _pp.check_preprocess_cfg(self.interpolation, self.resize_mode)
         self._graphdef, self._state = nnx.split(model)
         graphdef = self._graphdef
         # How often each function was traced (= compiled): once per Encoder, whatever the input sizes.
@@ -105,8 +110,10 @@ class Encoder:
         return tokenize(texts, context_length=self.config.text.context_length)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """PIL image → (S, S, 3) float32, open_clip's eval transform (see make_jax.preprocess)."""
-        return _pp.preprocess(image, self.image_size, self.mean, self.std)
+        """PIL image → (S, S, 3) float32, open_clip's eval transform with the checkpoint's preprocess_cfg
+        (mean, std, interpolation, resize_mode, fill_color; see make_jax.preprocess)."""
+        return _pp.preprocess(image, self.image_size, self.mean, self.std, self.interpolation, self.resize_mode,
+                              self.fill_color)
 
     def _images(self, images: Any) -> np.ndarray:
         s = self.image_size
@@ -191,10 +198,14 @@ class Encoder:
 
 
 def load(path: str | Path, dtype: str | None = None, batch_size: int = 32,
-         text_batch_size: int | None = None) -> Encoder:
-    """Opens a make_jax checkpoint directory (model_config.json + params/, as written by
-    `python -m make_jax.convert` or exported by training). `dtype` overrides the compute dtype (e.g.
-    "bfloat16"; parameters stay float32). See `Encoder` for the batch sizes."""
-    model = orbax_io.load_model(path, dtype=dtype)
-    return Encoder(model, batch_size=batch_size, text_batch_size=text_batch_size,
-                   preprocess_cfg=orbax_io.read_preprocess_cfg(path))
+         text_batch_size: int | None = None, *, activation: str | None = None, cache: bool = True) -> Encoder:
+    """Opens a model by path or name (see make_jax.checkpoint.hub): a make_jax checkpoint directory
+    (model_config.json + params/, as `python -m make_jax.convert` writes or training exports), an open_clip or
+    Hugging Face CLIP directory or state-dict file (converted in memory), `hf-hub:ORG/NAME`, or a registry
+    name (`make`, `dermlip-vit-b16`, `openai-vit-b16`). `dtype` overrides the compute dtype (e.g. "bfloat16";
+    parameters stay float32); `activation` the source's activation; `cache=False` skips the converted-model
+    cache of hub models. See `Encoder` for the batch sizes."""
+    from make_jax.checkpoint import hub
+
+    model, pp = hub.load_model(path, dtype=dtype, activation=activation, cache=cache)
+    return Encoder(model, batch_size=batch_size, text_batch_size=text_batch_size, preprocess_cfg=pp)

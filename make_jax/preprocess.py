@@ -11,6 +11,11 @@ open_clip's eval transform (resize_mode "shortest", interpolation "bicubic") on 
 - RGB conversion after the crop (order matters for RGBA / palette images, as in open_clip);
 - uint8 → float32 / 255, then (x - mean) / std in float32.
 
+A checkpoint's `preprocess_cfg` may ask for open_clip's other eval modes, honoured here as open_clip does them:
+`interpolation` "bilinear" (or "bicubic"; "random" means bicubic at evaluation), `resize_mode` "squash" (resize
+both sides to `size`, aspect ratio not kept) or "longest" (the longer side becomes `size`, each side
+`round(side / ratio)`, then padded with `fill_color` — left/top get the floor half — and centre-cropped).
+
 Output: (H, W, 3) float32, channels last (NHWC once batched), ready for `CLIP.encode_image`.
 """
 
@@ -40,11 +45,38 @@ def center_crop_box(width: int, height: int, crop_width: int, crop_height: int) 
     return left, top, left + crop_width, top + crop_height
 
 
-def resize_shorter(image: Image.Image, size: int) -> Image.Image:
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+                  "random": Image.Resampling.BICUBIC}
+RESIZE_MODES = ("shortest", "longest", "squash")
+
+
+def check_preprocess_cfg(interpolation: str, resize_mode: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"preprocess_cfg.interpolation {interpolation!r}: one of {sorted(INTERPOLATIONS)}")
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"preprocess_cfg.resize_mode {resize_mode!r}: one of {list(RESIZE_MODES)}")
+
+
+def resize_shorter(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
     new = resized_size(image.width, image.height, size)
     if new == image.size:
         return image
-    return image.resize(new, Image.Resampling.BICUBIC)
+    return image.resize(new, INTERPOLATIONS[interpolation])
+
+
+def resize_longest_and_pad(image: Image.Image, size: int, interpolation: str = "bicubic",
+                           fill_color: int = 0) -> Image.Image:
+    """open_clip's "longest": ResizeKeepRatio(size, longest=1) then CenterCropOrPad(size, fill)."""
+    ratio = max(image.width / size, image.height / size)
+    new = (round(image.width / ratio), round(image.height / ratio))
+    if new != image.size:
+        image = image.resize(new, INTERPOLATIONS[interpolation])
+    pad_w, pad_h = max(size - image.width, 0), max(size - image.height, 0)
+    if pad_w or pad_h:
+        from PIL import ImageOps
+
+        image = ImageOps.expand(image, (pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2), fill=fill_color)
+    return center_crop(image, size)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -59,11 +91,19 @@ def to_normalized_array(image: Image.Image, mean: Sequence[float] = CLIP_MEAN,
 
 
 def preprocess(image: Image.Image, image_size: int = 224, mean: Sequence[float] = CLIP_MEAN,
-               std: Sequence[float] = CLIP_STD) -> np.ndarray:
+               std: Sequence[float] = CLIP_STD, interpolation: str = "bicubic", resize_mode: str = "shortest",
+               fill_color: int = 0) -> np.ndarray:
     """PIL image → (image_size, image_size, 3) float32, normalised (open_clip's eval transform)."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"preprocess expects a PIL.Image.Image, got {type(image).__name__}")
-    image = center_crop(resize_shorter(image, image_size), image_size)
+    check_preprocess_cfg(interpolation, resize_mode)
+    if resize_mode == "squash":
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), INTERPOLATIONS[interpolation])
+    elif resize_mode == "longest":
+        image = resize_longest_and_pad(image, image_size, interpolation, fill_color)
+    else:
+        image = center_crop(resize_shorter(image, image_size, interpolation), image_size)
     return to_normalized_array(image, mean, std)
 
 

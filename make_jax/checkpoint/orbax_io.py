@@ -193,19 +193,24 @@ def load_params(path: str | Path, cfg: ModelConfig | None = None, *, as_numpy: b
     return _restore(path, abstract, as_numpy)
 
 
-def load_model(path: str | Path, dtype: str | None = None):
-    """The CLIP model of a checkpoint directory. `dtype` overrides the compute dtype (parameters stay float32)."""
+def model_with_params(cfg: ModelConfig, params: Mapping):
+    """The CLIP module of `cfg` holding `params` (a pure dict of numpy or jax arrays, as `load_params` returns)."""
     from flax import nnx
 
     from make_jax.models.clip import abstract_model
 
+    graphdef, params_state, rest = nnx.split(abstract_model(cfg), nnx.Param, ...)
+    if jax.tree.leaves(rest):  # the checkpoint holds parameters only
+        raise CheckpointError("the model has non-parameter state that a parameter checkpoint cannot restore")
+    check_param_shapes(params_shapes(params), params_shapes(nnx.to_pure_dict(params_state)), what="parameter tree")
+    nnx.replace_by_pure_dict(params_state, jax.tree.map(jax.numpy.asarray, params))
+    return nnx.merge(graphdef, params_state, rest)
+
+
+def load_model(path: str | Path, dtype: str | None = None):
+    """The CLIP model of a checkpoint directory. `dtype` overrides the compute dtype (parameters stay float32)."""
     path = Path(path).absolute()
     cfg = read_config(path)
     if dtype is not None:
         cfg = cfg.replace(dtype=jax.numpy.dtype(dtype).name)
-    graphdef, params_state, rest = nnx.split(abstract_model(cfg), nnx.Param, ...)
-    if jax.tree.leaves(rest):  # the checkpoint holds parameters only
-        raise CheckpointError("the model has non-parameter state that a parameter checkpoint cannot restore")
-    params = _restore(path, nnx.to_pure_dict(params_state), as_numpy=False)
-    nnx.replace_by_pure_dict(params_state, params)
-    return nnx.merge(graphdef, params_state, rest)
+    return model_with_params(cfg, load_params(path, cfg))

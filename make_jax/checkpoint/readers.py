@@ -28,7 +28,7 @@ import numpy as np
 from make_jax.checkpoint import hf_layout, open_clip_layout
 from make_jax.checkpoint.open_clip_layout import CheckpointError
 from make_jax.models.config import ModelConfig
-from make_jax.preprocess import CLIP_MEAN, CLIP_STD
+from make_jax.preprocess import CLIP_MEAN, CLIP_STD, check_preprocess_cfg
 
 logger = logging.getLogger("make_jax.checkpoint")
 
@@ -201,9 +201,10 @@ def read_open_clip_dir(path: Path, activation: str | None = None) -> Source:
     sd = _load_sd(weights)
     open_clip_layout.check_shapes({k: v.shape for k, v in sd.items()}, cfg, what=f"checkpoint {weights.name}")
     pp = {**DEFAULT_PREPROCESS_CFG, **(cfg_json.get("preprocess_cfg") or {})}
-    if pp["interpolation"] != "bicubic" or pp["resize_mode"] != "shortest":
-        logger.warning("%s: preprocess_cfg asks for interpolation %r / resize_mode %r; make_jax.preprocess "
-                       "implements bicubic + shortest only", path, pp["interpolation"], pp["resize_mode"])
+    try:  # make_jax.preprocess implements every eval mode of open_clip; anything else is refused here
+        check_preprocess_cfg(pp["interpolation"], pp["resize_mode"])
+    except ValueError as e:
+        raise CheckpointError(f"{path / OPEN_CLIP_CONFIG}: {e}") from e
     return Source(sd, cfg, "open_clip", path, weights, pp)
 
 

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="tasks: zero_shot, concepts, retrieval, infer (see docs/evaluation.md)")
     m = p.add_argument_group("model")
     src = m.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="make_jax checkpoint directory (python -m make_jax.convert writes one)")
+    src.add_argument("--checkpoint", help="a make_jax checkpoint directory, an open_clip / Hugging Face CLIP "
+                     "directory, hf-hub:ORG/NAME, or a registry name (make, dermlip-vit-b16, openai-vit-b16)")
     src.add_argument("--random-init", metavar="PRESET",
                      help="random weights of a model preset (tiny, small, ViT-B-16): pipeline checks and speed only")
     m.add_argument("--seed", type=int, default=0, help="seed of --random-init")
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileNotFoundError, ValueError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model = {"checkpoint": str(Path(checkpoint).absolute()) if checkpoint else None, "random_init": random_init,
+    model = {"checkpoint": (str(Path(checkpoint).absolute()) if Path(checkpoint).exists() else checkpoint)
+             if checkpoint else None, "random_init": random_init,
              "dtype": args.dtype or cfg.get("dtype"), "batch_size": getattr(encoder, "batch_size", None)}
 
     if args.task:
