@@ -121,6 +121,9 @@ def test_config_from_env():
 class FakeLLM:
     """Answers chat completions from a script: caption -> list of steps, each (status, content_or_body, delay).
 
+    `delay` is seconds to sleep, or a `threading.Event` that holds the answer until the test sets it (no race
+    between a sleep and the client's timeout on a loaded machine).
+
     A step with status 200 returns a chat completion whose message content is the given text; other statuses
     return that status with the text as body. The last step repeats. Requests are counted per caption and capped
     (``limit``): beyond it the server answers 503 and records the overflow, so a runaway retry loop is bounded.
@@ -152,7 +155,9 @@ class FakeLLM:
                     fake.overflow += 1
                     step = (503, "over limit", 0.0)
                 status, text, delay = step
-                if delay:
+                if isinstance(delay, threading.Event):
+                    delay.wait(60)
+                elif delay:
                     time.sleep(delay)
                 if status == 200:
                     payload = {"id": "x", "object": "chat.completion", "model": body["model"],
@@ -255,12 +260,20 @@ def test_429_then_success(tmp_path, lexicon, ontology):
 
 
 def test_timeout_then_success(tmp_path, lexicon, ontology):
+    # The first answer is held until the client has given up on it and retried: the retry, not a race between
+    # a sleep and the timeout, decides the outcome. The retry is answered at once, far inside the timeout.
     cap = "Crusted plaque."
-    script = {cap: [(200, '{"disease": null, "concepts": ["crust"]}', 1.0), (200, '{"disease": null, "concepts": ["plaque", "crust"]}', 0.0)]}
+    release = threading.Event()
+    script = {cap: [(200, '{"disease": null, "concepts": ["crust"]}', release),
+                    (200, '{"disease": null, "concepts": ["plaque", "crust"]}', 0.0)]}
     with FakeLLM(script) as fake:
-        ext = make_extractor(fake, lexicon, ontology, None, timeout=0.3)
-        r = ext.extract(cap)
-        assert fake.count(cap) == 2
+        try:
+            ext = make_extractor(fake, lexicon, ontology, None, timeout=1.0)
+            r = ext.extract(cap)
+            assert fake.count(cap) == 2
+            assert ext.client.retries == 1
+        finally:
+            release.set()  # let the held handler finish before the server shuts down
     assert (r.source, r.concepts) == ("llm", ["plaque", "crust"])
 
 
