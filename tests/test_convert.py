@@ -397,3 +397,45 @@ def test_not_a_checkpoint(tmp_path, converted):
     with pytest.raises(CheckpointError, match="not a make_jax checkpoint"):
         export_open_clip(tmp_path / "empty", tmp_path / "out2")
     assert nothing_at(tmp_path / "out") and nothing_at(tmp_path / "out2")
+
+
+def _write_oc_config(directory: Path, **entries):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "open_clip_config.json").write_text(json.dumps(entries))
+    return directory
+
+
+BAD_SOURCES = {
+    # an open_clip directory whose config is there but whose weights are not
+    "no_weights_in_directory": (
+        lambda d, sd: _write_oc_config(d / "noweights", model_cfg=tr.open_clip_model_cfg(**GEOM), quick_gelu=True),
+        ["noweights", "none of", "open_clip_model.safetensors"]),
+    "unknown_file_type": (
+        lambda d, sd: (np.savez(d / "weights.npz", w=np.zeros(3)), d / "weights.npz")[1],
+        ["weights.npz", "unknown weights file type '.npz'"]),
+    "pickle_holding_non_tensors": (
+        lambda d, sd: (torch.save({"visual.proj": torch.zeros(2, 2), "step": 3}, d / "sd.bin"), d / "sd.bin")[1],
+        ["sd.bin", "entry 'step' is a int, not a tensor"]),
+    "pickle_holding_a_list": (
+        lambda d, sd: (torch.save([torch.zeros(2)], d / "list.pt"), d / "list.pt")[1],
+        ["list.pt", "expected a state dict", "found list"]),
+    "missing_model_cfg": (
+        lambda d, sd: tr.write_open_clip_dir(d / "nocfg", sd, tr.open_clip_model_cfg(**GEOM), quick_gelu=True),
+        ["nocfg", "open_clip_config.json", "no 'model_cfg' entry"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SOURCES))
+def test_bad_sources_fail_in_one_line_naming_the_file(case, oc_sd, tmp_path, capsys):
+    make, expected = BAD_SOURCES[case]
+    src = make(tmp_path, oc_sd)
+    if case == "missing_model_cfg":  # the weights are fine; only the config lacks model_cfg
+        _write_oc_config(src, preprocess_cfg={"mean": [0.5, 0.5, 0.5]})
+    out = tmp_path / "out"
+    assert main([str(src), str(out)]) == 1
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in stderr, stderr
+    for s in expected:
+        assert s in err[0], (s, err[0])
+    assert nothing_at(out)
