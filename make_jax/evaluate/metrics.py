@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = [
-    "auroc", "balanced_accuracy", "confusion_matrix", "label_ranks", "macro_ovr_auroc", "per_class_accuracy",
+    "auroc", "balanced_accuracy", "confusion_matrix", "f1_scores", "label_ranks", "macro_ovr_auroc", "per_class_accuracy",
     "rank_of_positives", "rank_summary", "recall_at_k", "retrieval_metrics", "softmax", "topk_accuracy",
 ]
 
@@ -102,6 +102,22 @@ def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray, num_classes: 
     acc = per_class_accuracy(labels, predictions, num_classes)
     present = ~np.isnan(acc)
     return float(np.mean(acc[present])) if present.any() else float("nan")
+
+
+def f1_scores(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> dict:
+    """Per-class F1 = 2·TP / (2·TP + FP + FN) (0 where TP = 0), and its macro mean and support-weighted mean
+    over the classes that occur in `labels` or `predictions` — scikit-learn's `f1_score(average="macro" /
+    "weighted")` with its default `zero_division`. Per-class values of classes in neither are NaN."""
+    cm = confusion_matrix(labels, predictions, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    present = (support + predicted) > 0
+    denom = 2 * tp + (predicted - tp) + (support - tp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(present, 2 * tp / np.maximum(denom, 1), np.nan)
+    macro = float(np.mean(f1[present])) if present.any() else float("nan")
+    weighted = float(np.sum(f1[present] * support[present]) / support.sum()) if support.sum() else float("nan")
+    return {"macro": macro, "weighted": weighted, "per_class": f1}
 
 
 # ---------------------------------------------------------------------------------------------- AUROC
