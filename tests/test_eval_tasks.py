@@ -681,7 +681,7 @@ def test_cli_bad_input_messages(tiny, tmp_path, capsys):
     rc = main(["--checkpoint", str(ckpt), "--task", "retrieval", "--no-progress"])
     assert rc == 2 and "needs --csv" in capsys.readouterr().err
     rc = main(["--checkpoint", str(tmp_path / "nockpt"), "--task", "infer", "--images", str(root), "--classes", "PAD"])
-    assert rc == 2 and "not a make_jax checkpoint" in capsys.readouterr().err
+    assert rc == 2 and "nockpt: no such file or directory, not hf-hub:ORG/NAME" in capsys.readouterr().err
 
 
 def test_synthderm_output_through_the_eval_config(tiny, tmp_path):

@@ -16,7 +16,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 from make_jax.evaluate import logreg
 from make_jax.evaluate import metrics as M
 from make_jax.evaluate.datasets import DatasetError
-from make_jax.evaluate.linear_probe import classification_metrics, few_shot_indices, percent_indices
+from make_jax.evaluate.linear_probe import few_shot_indices, percent_indices
+from make_jax.evaluate.per_image import read_predictions_csv
 from make_jax.evaluate.registry import run_task
 
 
@@ -67,7 +68,7 @@ def test_metrics_equal_sklearn():
     logits = rng.standard_normal((200, k)) + 1.2 * np.eye(k)[y]
     probs = M.softmax(logits)
     preds = probs.argmax(1)
-    m = classification_metrics(probs, y, k)
+    m = M.classification_metrics(probs, y, k)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, preds), abs=1e-12)
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, preds), abs=1e-12)
     assert m["macro_f1"] == pytest.approx(f1_score(y, preds, average="macro"), abs=1e-12)
@@ -139,7 +140,8 @@ def _features(enc, root, rows, split):
 
 def test_task_full_data_equals_sklearn_on_the_same_features(tiny_set):
     root, rows, enc = tiny_set
-    r = run_task(enc, "linear_probe", csv=str(root / "set.csv"), progress=False, save_predictions=True)
+    r = run_task(enc, "linear_probe", csv=str(root / "set.csv"), progress=False, save_predictions=True,
+                 predictions_csv=str(root / "out" / "lp.csv"), bootstrap=20)
     xtr, ytr = _features(enc, root, rows, "train")
     xva, yva = _features(enc, root, rows, "val")
     xte, yte = _features(enc, root, rows, "test")
@@ -150,6 +152,12 @@ def test_task_full_data_equals_sklearn_on_the_same_features(tiny_set):
     assert r["metrics"]["accuracy"] == accuracy_score(yte, probs.argmax(1))
     assert r["metrics"]["macro_f1"] == pytest.approx(f1_score(yte, probs.argmax(1), average="macro"), abs=1e-9)
     assert r["dataset"]["splits"]["test"]["evaluated"] == 12 and r["dataset"]["validation"] == "given"
+    files, labels, p_csv, names = read_predictions_csv(root / "out" / "lp.csv")
+    assert names == ["0", "1", "2"] and np.array_equal(labels, yte)
+    assert [f.rsplit("/", 1)[-1] for f in files] == [x["filename"] for x in rows if x["split"] == "test"]
+    np.testing.assert_allclose(p_csv, probs, atol=1e-5)
+    ci = r["ci95"]["accuracy"]
+    assert ci["low"] <= r["metrics"]["accuracy"] <= ci["high"] and ci["replicates"] == 20
 
 
 def test_task_few_shot_mean_and_std_over_seeds(tiny_set):

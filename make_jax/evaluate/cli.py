@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m make_jax.evaluate", description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="tasks: zero_shot, concepts, retrieval, infer (see docs/evaluation.md)")
+        epilog="tasks: zero_shot, concepts, retrieval, infer, linear_probe (see docs/evaluation.md)")
     m = p.add_argument_group("model")
     src = m.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a make_jax checkpoint directory, an open_clip / Hugging Face CLIP "
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add_argument_group("run")
     what = r.add_mutually_exclusive_group(required=True)
-    what.add_argument("--task", help="zero_shot | concepts | retrieval | infer")
+    what.add_argument("--task", help="zero_shot | concepts | retrieval | infer | linear_probe")
     what.add_argument("--config", help="an eval config (configs/eval_*.py, optionally FILE:ARG) listing several sets")
     r.add_argument("--name", help="a label for this set in the results")
     r.add_argument("--out", help="write the results here as JSON")
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--filename-column", default=None, help="zero_shot / retrieval: image column (default filename)")
     d.add_argument("--label-column", default=None, help="zero_shot: label column (default label)")
     d.add_argument("--save-predictions", action="store_true", help="zero_shot: per-image top-k in the JSON")
+    d.add_argument("--predictions-csv", default=None,
+                   help="zero_shot / linear_probe: write one row per image with every class's probability here")
+    d.add_argument("--bootstrap", type=int, default=None,
+                   help="zero_shot / linear_probe: bootstrap replicates for 95%% intervals of every metric (e.g. 1000)")
+    d.add_argument("--bootstrap-seed", type=int, default=None, help="seed of --bootstrap (default 0)")
     d.add_argument("--data-dir", help="concepts: SkinCon / Derm7pt-layout directory")
     d.add_argument("--meta", default=None, help="concepts: label table inside --data-dir (default meta.csv)")
     d.add_argument("--image-dir", default=None, help="concepts: image folder inside --data-dir (default final_images)")
@@ -82,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--caption-column", default=None,
                    help="retrieval: caption column (default caption, else SkinCAP's caption_zh_polish_en)")
     d.add_argument("--ks", type=int, nargs="+", default=None, help="retrieval: recall cut-offs (default 1 5 10 50 100)")
+    d.add_argument("--train-csv", help="linear_probe: training CSV (instead of --csv with a split column)")
+    d.add_argument("--val-csv", help="linear_probe: validation CSV (default: 20%% held out of the training CSV)")
+    d.add_argument("--test-csv", help="linear_probe: test CSV")
+    d.add_argument("--split-column", default=None, help="linear_probe: split column of --csv (default split; "
+                                                        "values train/val/test)")
+    d.add_argument("--shots", type=int, nargs="+", default=None,
+                   help="linear_probe: few-shot runs with K images per class, e.g. --shots 1 2 4 8 16")
+    d.add_argument("--percent-data", type=float, default=None, help="linear_probe: train on P%% of the training set")
+    d.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="linear_probe: sampling seeds of --shots / --percent-data runs (default 0 1 2)")
     d.add_argument("--images", help="infer: an image file or a folder of images")
     d.add_argument("--recursive", action="store_true", help="infer: also images in sub-folders")
     return p
@@ -171,7 +186,9 @@ def write_json(path: str | Path, obj: Any) -> Path:
 def _task_options(task: registry.Task, args: argparse.Namespace) -> dict:
     names = {"csv", "image_root", "classes", "templates", "filename_column", "label_column", "save_predictions",
              "data_dir", "meta", "image_dir", "concept_list", "concept_terms", "concept_prompts", "id_column",
-             "save_scores", "caption_column", "ks", "images", "recursive", "workers", "strict"}
+             "save_scores", "caption_column", "ks", "images", "recursive", "workers", "strict", "train_csv",
+             "val_csv", "test_csv", "split_column", "shots", "percent_data", "seeds", "predictions_csv", "bootstrap",
+             "bootstrap_seed"}
     opts = {k: getattr(args, k) for k in names if k in task.options and getattr(args, k) not in (None, False)}
     if args.topk is not None and "topk" in task.options:
         opts["topk"] = max(args.topk) if task.name == "infer" else tuple(args.topk)

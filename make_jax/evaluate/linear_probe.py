@@ -29,13 +29,14 @@ from make_jax.evaluate import metrics as M
 from make_jax.evaluate.common import l2n, skipped_block
 from make_jax.evaluate.datasets import DatasetError, read_csv_table, read_zero_shot_csv
 from make_jax.evaluate.images import encode_image_files
+from make_jax.evaluate.per_image import share
 from make_jax.evaluate.presets import load_classnames
 from make_jax.evaluate.registry import register
 
-__all__ = ["METRICS", "classification_metrics", "few_shot_indices", "percent_indices", "probe", "run"]
+__all__ = ["METRICS", "few_shot_indices", "percent_indices", "probe", "run"]
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auroc_ovr")
+METRICS = M.CLASSIFICATION_METRICS
 
 
 @dataclass
@@ -43,16 +44,6 @@ class Split:
     paths: list[Path]
     labels: np.ndarray
     source: str
-
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """probs (N, K), labels (N,) → accuracy, balanced accuracy, macro/weighted F1, macro OvR AUROC."""
-    preds = np.argmax(probs, axis=1)
-    f1 = M.f1_scores(labels, preds, num_classes)
-    return {"accuracy": float(np.mean(preds == labels)),
-            "balanced_accuracy": M.balanced_accuracy(labels, preds, num_classes),
-            "macro_f1": f1["macro"], "weighted_f1": f1["weighted"],
-            "macro_auroc_ovr": M.macro_ovr_auroc(labels, probs, num_classes)[0]}
 
 
 def few_shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -91,7 +82,7 @@ def probe(train_x, train_y, val_x, val_y, test_x, test_y, num_classes: int,
     clf = logreg.fit(train_x, train_y, num_classes, c)
     probs = clf.predict_proba(test_x)
     return {"C": c, "converged": clf.converged, "train_size": int(len(train_y)),
-            "metrics": classification_metrics(probs, test_y, num_classes), "c_search": path, "probs": probs}
+            "metrics": M.classification_metrics(probs, test_y, num_classes), "c_search": path, "probs": probs}
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -145,7 +136,8 @@ def run(encoder: Any, *, csv: str | None = None, train_csv: str | None = None, v
         filename_column: str = "filename", label_column: str = "label", split_column: str = "split",
         shots: Sequence[int] | None = None, percent_data: float | None = None, seeds: Sequence[int] = (0, 1, 2),
         val_fraction: float = 0.2, workers: int | None = None, progress: bool = True, strict: bool = False,
-        save_predictions: bool = False) -> dict:
+        save_predictions: bool = False, predictions_csv: str | None = None, bootstrap: int = 0,
+        bootstrap_seed: int = 0) -> dict:
     """linear probe (all data, --percent-data P or --shots K ...) with C chosen on the validation split."""
     if shots is not None and percent_data is not None:
         raise ValueError("linear_probe: --shots and --percent-data are exclusive")
@@ -156,6 +148,9 @@ def run(encoder: Any, *, csv: str | None = None, train_csv: str | None = None, v
         raise ValueError(f"linear_probe: --shots must be ≥ 1, got {shots}")
     if not seeds:
         raise ValueError("linear_probe: needs at least one seed")
+    if (shots or percent_data is not None) and (save_predictions or predictions_csv or bootstrap):
+        raise ValueError("linear_probe: per-image predictions and bootstrap intervals are for the full-data probe; "
+                         "--shots / --percent-data runs report mean ± std over seeds")
     splits, classnames = _read_splits(csv, train_csv, val_csv, test_csv, classes, image_root, filename_column,
                                       label_column, split_column)
     k = len(classnames)
@@ -207,22 +202,21 @@ def run(encoder: Any, *, csv: str | None = None, train_csv: str | None = None, v
         for s in shots:
             runs = [{"seed": int(sd), **one(few_shot_indices(y["train"], s, int(sd)))} for sd in seeds]
             result["few_shot"][str(s)] = {**_summary(runs), "runs": [_public(r) for r in runs]}
-        last = runs
     elif percent_data is not None:
         result["protocol"] = {"kind": "percent", "percent_data": float(percent_data), "seeds": list(seeds)}
         runs = [{"seed": int(sd), **one(percent_indices(y["train"], float(percent_data), int(sd)))} for sd in seeds]
         result.update(_summary(runs))
         result["runs"] = [_public(r) for r in runs]
-        last = runs
     else:
         result["protocol"] = {"kind": "full"}
         r = one(np.arange(len(y["train"])))
         result.update({"metrics": r["metrics"], "C": r["C"], "converged": r["converged"], "c_search": r["c_search"]})
-        last = [r]
-    if save_predictions:  # the probabilities of the last run (full data: the only one)
         test_files = [str(splits["test"].paths[i]) for i in kept["test"]]
-        result["predictions"] = {"filenames": test_files, "labels": y["test"], "probs": last[-1]["probs"],
-                                 "classnames": classnames}
+        share(result, filenames=test_files, labels=y["test"], probs=r["probs"], classnames=classnames,
+              predictions_csv=predictions_csv, bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
+        if save_predictions:
+            result["predictions"] = {"filenames": test_files, "labels": y["test"], "probs": r["probs"],
+                                     "classnames": classnames}
     return result
 
 

@@ -21,7 +21,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = [
-    "auroc", "balanced_accuracy", "confusion_matrix", "f1_scores", "label_ranks", "macro_ovr_auroc", "per_class_accuracy",
+    "CLASSIFICATION_METRICS", "auroc", "balanced_accuracy", "classification_metrics", "confusion_matrix",
+    "f1_scores", "label_ranks", "macro_ovr_auroc", "per_class_accuracy",
     "rank_of_positives", "rank_summary", "recall_at_k", "retrieval_metrics", "softmax", "topk_accuracy",
 ]
 
@@ -121,6 +122,8 @@ def f1_scores(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------- AUROC
+
+
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
@@ -254,3 +257,19 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image
     if return_ranks:
         out["ranks"] = {"image_to_text": i2t, "text_to_image": t2i_ranks}
     return out
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auroc_ovr")
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """probs (N, K), labels (N,) → accuracy, balanced accuracy, macro/weighted F1, macro OvR AUROC (the
+    prediction is the first maximum of each row)."""
+    preds = np.argmax(probs, axis=1)
+    f1 = f1_scores(labels, preds, num_classes)
+    return {"accuracy": float(np.mean(preds == labels)),
+            "balanced_accuracy": balanced_accuracy(labels, preds, num_classes),
+            "macro_f1": f1["macro"], "weighted_f1": f1["weighted"],
+            "macro_auroc_ovr": macro_ovr_auroc(labels, probs, num_classes)[0]}

@@ -17,6 +17,7 @@ from make_jax.evaluate import metrics as M
 from make_jax.evaluate.common import encode_texts, l2n, skipped_block, skipped_lines
 from make_jax.evaluate.datasets import ZeroShotSet, read_zero_shot_csv
 from make_jax.evaluate.images import encode_image_files
+from make_jax.evaluate.per_image import share
 from make_jax.evaluate.presets import load_classnames, load_templates
 from make_jax.evaluate.registry import register
 
@@ -44,6 +45,8 @@ def zero_shot_metrics(logits: np.ndarray, labels: np.ndarray, classnames: Sequen
     preds = np.argmax(logits, axis=1)
     out: dict[str, Any] = {f"top{k}": M.topk_accuracy(logits, labels, k) for k in topk}
     out["balanced_accuracy"] = M.balanced_accuracy(labels, preds, c)
+    f1 = M.f1_scores(labels, preds, c)
+    out["macro_f1"], out["weighted_f1"] = f1["macro"], f1["weighted"]
     auc, per_auc = M.macro_ovr_auroc(labels, probs, c)
     out["macro_auroc_ovr"] = auc
     out["auroc_classes_scored"] = int(np.sum(~np.isnan(per_auc)))
@@ -58,7 +61,8 @@ def zero_shot_metrics(logits: np.ndarray, labels: np.ndarray, classnames: Sequen
 
 def evaluate_zero_shot(encoder: Any, dataset: ZeroShotSet, templates: Sequence[str] | None = None, *,
                        topk: Sequence[int] = (1, 5), workers: int | None = None, progress: bool = True,
-                       strict: bool = False, save_predictions: bool = False) -> dict:
+                       strict: bool = False, save_predictions: bool = False, predictions_csv: str | None = None,
+                       bootstrap: int = 0, bootstrap_seed: int = 0) -> dict:
     templates = load_templates(templates)
     t0 = time.perf_counter()
     cls = class_embeddings(encoder, dataset.classnames, templates, progress=progress)
@@ -82,6 +86,9 @@ def evaluate_zero_shot(encoder: Any, dataset: ZeroShotSet, templates: Sequence[s
                     "logit_scale": ZERO_SHOT_SCALE},
         "timing": {**enc.timing(), "text_seconds": text_s},
     }
+    share(result, filenames=[dataset.filenames[i] for i in enc.indices], labels=labels, probs=M.softmax(logits),
+          classnames=list(dataset.classnames), predictions_csv=predictions_csv, bootstrap=bootstrap,
+          bootstrap_seed=bootstrap_seed)
     if save_predictions:
         k = min(max(topk), dataset.num_classes)
         order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
@@ -109,10 +116,12 @@ def format_zero_shot(r: dict) -> str:
 def run(encoder: Any, *, csv: str, classes: str, image_root: str | None = None, templates: Any = None,
         topk: Sequence[int] = (1, 5), filename_column: str = "filename", label_column: str = "label",
         workers: int | None = None, progress: bool = True, strict: bool = False,
-        save_predictions: bool = False) -> dict:
+        save_predictions: bool = False, predictions_csv: str | None = None, bootstrap: int = 0,
+        bootstrap_seed: int = 0) -> dict:
     """zero-shot classification of a `filename,label` CSV against a class list (preset or file)."""
     classnames = load_classnames(classes)
     ds = read_zero_shot_csv(csv, classnames, image_root, filename_column, label_column)
     ds.classnames = classnames  # keep the ClassList (its `source`)
     return evaluate_zero_shot(encoder, ds, templates, topk=tuple(topk), workers=workers, progress=progress,
-                              strict=strict, save_predictions=save_predictions)
+                              strict=strict, save_predictions=save_predictions, predictions_csv=predictions_csv,
+                              bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
