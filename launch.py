@@ -37,10 +37,15 @@ def main(argv):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("make_jax").addHandler(handler)
     logging.getLogger("make_jax").propagate = False
+    from make_jax.train.loop import InitFromError, check_init_from
     from make_jax.train.run import run, run_sweep
 
     config_path = flags.FLAGS["config"].config_filename
     workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+    try:
+        check_init_from(config)
+    except InitFromError as e:
+        sys.exit(f"error: {e}")
     if _SWEEP.value:
         run_sweep(config, workdir)
     else:

@@ -12,10 +12,11 @@ import dataclasses
 
 from configs import demo
 from configs.common import base_config
-from make_jax.losses import TABLE3, LossConfig
+from make_jax.losses import SIGLIP_ROWS, TABLE3, LossConfig
 
-# Row name → LossConfig (the paper's Table 3 rows as make_jax.losses.TABLE3 defines them). `clip_dagger` trains on
-# the Derm1M† text (raw caption + disease + concept texts in one) as its single positive.
+# Row name → LossConfig (the paper's Table 3 rows as make_jax.losses.TABLE3 defines them, and the SigLIP baselines
+# of its Tables 1-2). `clip_dagger` / `siglip_dagger` train on the Derm1M† text (raw caption + disease + concept
+# texts in one) as their single positive.
 ROWS = {
     "clip": TABLE3["clip"],
     "clip_dagger": TABLE3["clip_dagger"],
@@ -23,6 +24,8 @@ ROWS = {
     "mkcl": TABLE3["mkcl"],
     "mkcl_slra": TABLE3["mkcl+slra"],
     "make": TABLE3["make"],
+    "siglip": SIGLIP_ROWS["siglip"],
+    "siglip_dagger": SIGLIP_ROWS["siglip_dagger"],
     "official": LossConfig(mode="official", positives="all", slra=True, dkw=True, dkw_norm="softmax"),
 }
 

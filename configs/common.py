@@ -10,14 +10,14 @@ def base_config() -> ml_collections.ConfigDict:
     # Model: a preset name from make_jax.models.config.PRESETS plus numerics overrides.
     c.model = ml_collections.ConfigDict(dict(
         name="ViT-B-16", dtype="bfloat16", remat=True, attention="auto", activation="quick_gelu"))
-    # A converted checkpoint directory to start from (e.g. OpenAI CLIP ViT-B/16 through make_jax.convert);
-    # empty: train from open_clip's initialisation.
+    # A converted checkpoint directory to start from (the recipe: OpenAI CLIP ViT-B/16 through make_jax.convert),
+    # or "scratch" for open_clip's random initialisation. Empty is refused: say which one (docs/training.md).
     c.init_from = ""
 
     # Loss: make_jax.losses.LossConfig fields; the defaults are the paper's MAKE row.
     c.loss = ml_collections.ConfigDict(dict(
         mode="paper", positives="all", slra=True, dkw=True, slra_lambda=0.7, sigma=0.0, dkw_norm="ratio",
-        slra_grad_to_raw=True))
+        slra_grad_to_raw=True, objective="softmax"))
 
     # Data: records written by `python -m make_jax.data.convert`.
     c.data = ml_collections.ConfigDict(dict(

@@ -17,6 +17,7 @@ def get_config():
     c.model.dtype = "float32"
     c.model.remat = False
     c.model.activation = "gelu"
+    c.init_from = "scratch"  # a tiny model on synthetic data: no pretrained weights exist for it
 
     # SynthDerm generation and records (done by launch.py when absent).
     c.synthderm = dict(out="data/synthderm", seed=0, num_train=2000, num_val=200, image_size=80)

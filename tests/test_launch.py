@@ -57,7 +57,13 @@ def test_ablation_rows_are_table3():
         assert (loss.mode, loss.slra_lambda, loss.sigma, loss.dkw_norm) == ("paper", 0.7, 0.0, "ratio"), row
     official = LossConfig(**dict(get_config("row=official").loss))
     assert official.mode == "official" and official.slra and official.dkw
-    assert set(ROWS) == set(PAPER_TABLE3) | {"official"}
+    for row, slot0 in (("siglip", "raw"), ("siglip_dagger", "dagger")):  # the SigLIP baselines of Tables 1-2
+        config = get_config(f"row={row}")
+        loss = LossConfig(**dict(config.loss))
+        assert loss.objective == "sigmoid" and not (loss.slra or loss.dkw) and config.data.slot0 == slot0
+        assert loss.positives == ("clip_raw" if row == "siglip" else "clip_dagger")
+    assert set(ROWS) == set(PAPER_TABLE3) | {"official", "siglip", "siglip_dagger"}
+    assert set(get_config().sweep_rows.split(",")) == set(ROWS)  # the default sweep runs every row
     assert get_config("rows=clip,make").sweep_rows == "clip,make"
     with pytest.raises(ValueError, match="unknown ablation row"):
         get_config("row=nope")
@@ -93,7 +99,7 @@ def test_sweep_runs_rows_with_identical_data_and_writes_one_table(synthderm_smal
     from make_jax.train.run import run_sweep
 
     root, records = synthderm_small
-    config = get_config("rows=clip,make")
+    config = get_config("rows=clip,siglip,make")
     config.synthderm.out = str(root)
     config.synthderm.records = str(root / "records")
     config.model.name = "tiny"
@@ -108,15 +114,16 @@ def test_sweep_runs_rows_with_identical_data_and_writes_one_table(synthderm_smal
     config.tensorboard = False
     config.eval.batch_size = 16
     table = run_sweep(config, tmp_path / "sweep")
-    assert [r["row"] for r in table] == ["clip", "make"]
-    # clip has no slra term; make does.
-    assert table[0]["slra"] == 0.0 and table[1]["slra"] > 0
+    assert [r["row"] for r in table] == ["clip", "siglip", "make"]
+    # clip and siglip have no slra term; make does.
+    assert table[0]["slra"] == 0.0 and table[1]["slra"] == 0.0 and table[2]["slra"] > 0
+    assert table[1]["loss"] != table[0]["loss"]
     for r in table:
         assert 0.0 <= r["zero_shot_top1"] <= 1.0 and 0.0 <= r["concept_auroc"] <= 1.0
         assert 0.0 <= r["retrieval_r10_i2t"] <= 1.0
     with open(tmp_path / "sweep" / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["row"] for r in rows] == ["clip", "make"]
+    assert [r["row"] for r in rows] == ["clip", "siglip", "make"]
     assert (tmp_path / "sweep" / "sweep.md").read_text().startswith("| row |")
     # Identical data order and seeds: the two runs' resolved configs differ only in the loss switches and the
     # row name (same seed, same records, same pipeline settings).

@@ -59,6 +59,7 @@ TOP_TENSORS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("ln_final.bias", ("text", "ln_final", "bias"), "="),
     ("text_projection", ("text", "text_projection"), "="),
     ("logit_scale", ("logit_scale",), "="),
+    ("logit_bias", ("logit_bias",), "="),  # SigLIP models only (ModelConfig.init_logit_bias set)
 )
 
 # (open_clip prefix of the blocks, NNX path of the stacked blocks) per tower.
@@ -103,6 +104,8 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "text_projection": (t.width, e),
         "logit_scale": (),
     }
+    if cfg.init_logit_bias is not None:
+        shapes["logit_bias"] = ()
     for tower, tcfg in (("visual", v), ("text", t)):
         prefix = TOWER_BLOCKS[tower][0]
         for i in range(tcfg.layers):
@@ -116,7 +119,7 @@ def param_tree_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     from the layout tables (no model is built; `tests/test_convert.py` checks it against `abstract_model`)."""
     oc = expected_shapes(cfg)
     out: dict[str, tuple[int, ...]] = {}
-    for name, path, kind in TOP_TENSORS:
+    for name, path, kind in top_tensors(cfg):
         s = oc[name]
         out[".".join(path)] = (s[2], s[3], s[1], s[0]) if kind == "conv" else s
     for tower, tcfg in (("visual", cfg.vision), ("text", cfg.text)):
@@ -125,6 +128,11 @@ def param_tree_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             s = oc[f"{prefix}.0.{suffix}"]
             out[".".join(path + sub)] = (tcfg.layers, *(s[::-1] if kind == "T" else s))
     return out
+
+
+def top_tensors(cfg: ModelConfig) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+    """The entries of TOP_TENSORS that the network `cfg` has (`logit_bias` only with an init_logit_bias)."""
+    return tuple(t for t in TOP_TENSORS if t[0] != "logit_bias" or cfg.init_logit_bias is not None)
 
 
 def _describe(cfg: ModelConfig) -> str:
@@ -201,12 +209,12 @@ def check_architecture(keys) -> None:
     if k:
         raise CheckpointError(f"this is a Hugging Face CLIPModel state dict (key {k!r}); convert the Hugging Face "
                               "directory (config.json + weights) with --format hf")
-    for name in ("visual.attn_pool.", "visual.ls_", "logit_bias", "text.text_projection.weight",
+    for name in ("visual.attn_pool.", "visual.ls_", "text.text_projection.weight",
                  "text_projection.weight", "visual.head."):
         k = first(lambda k, name=name: k.startswith(name) or f".{name}" in k)
         if k:
             raise CheckpointError(f"unsupported architecture option: key {k!r} (attentional pooling, layer scale, "
-                                  "SigLIP bias or a linear text projection are not part of the plain CLIP)")
+                                  "or a linear text projection are not part of the plain CLIP)")
     k = first(lambda k: ".ls_1." in k or ".ls_2." in k or ".ln_attn." in k or ".ln_inner." in k)
     if k:
         raise CheckpointError(f"unsupported architecture option: key {k!r} (layer scale / scaled-cosine blocks)")
@@ -258,8 +266,10 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], activation: str = "quick
     text = TextConfig(context_length=tuple(shapes["positional_embedding"])[0],
                       vocab_size=tuple(shapes["token_embedding.weight"])[0], width=t_width, layers=len(t_layers),
                       heads=t_width // 64, mlp_ratio=ratio("transformer.resblocks", t_width))
+    # A SigLIP-trained model carries a learned logit_bias; its init value is irrelevant once trained.
+    bias = {"init_logit_bias": SIGLIP_LOGIT_BIAS_INIT} if "logit_bias" in shapes else {}
     return ModelConfig(embed_dim=tuple(shapes["text_projection"])[1], vision=vision, text=text,
-                       activation=activation)
+                       activation=activation, **bias)
 
 
 # ---- the mapping itself -----------------------------------------------------------------------------------
@@ -285,7 +295,7 @@ def open_clip_to_params(sd: Mapping[str, Any], cfg: ModelConfig,
     """open_clip state dict (already normalised, shapes checked against `cfg`) → NNX pure dict of float32 arrays."""
     check_shapes({k: tuple(np.shape(v)) for k, v in sd.items()}, cfg)
     params: dict = {}
-    for name, path, kind in TOP_TENSORS:
+    for name, path, kind in top_tensors(cfg):
         x = convert(sd[name])
         if kind == "conv":
             x = x.transpose(2, 3, 1, 0)  # OIHW → HWIO
@@ -319,7 +329,7 @@ def params_shapes(params: Mapping) -> dict[str, tuple[int, ...]]:
 def params_to_open_clip(params: Mapping, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """NNX pure dict → open_clip state dict (float32 numpy, contiguous). Inverse of `open_clip_to_params`."""
     sd: dict[str, np.ndarray] = {}
-    for name, path, kind in TOP_TENSORS:
+    for name, path, kind in top_tensors(cfg):
         x = np.asarray(_get(params, path), dtype=np.float32)
         if kind == "conv":
             x = x.transpose(3, 2, 0, 1)  # HWIO → OIHW

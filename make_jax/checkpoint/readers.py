@@ -185,8 +185,6 @@ def read_open_clip_dir(path: Path, activation: str | None = None) -> Source:
     if "model_cfg" not in cfg_json:
         raise CheckpointError(f"{path / OPEN_CLIP_CONFIG}: no 'model_cfg' entry")
     model_cfg = dict(cfg_json["model_cfg"])
-    if model_cfg.get("init_logit_bias") is not None:
-        raise CheckpointError("unsupported open_clip architecture option: model_cfg.init_logit_bias (SigLIP)")
     quick_gelu = model_cfg.pop("quick_gelu", cfg_json.get("quick_gelu"))
     try:
         cfg = ModelConfig.from_open_clip(model_cfg, quick_gelu=bool(quick_gelu))

@@ -9,6 +9,7 @@ from .config import (
     FIRST_SUBTEXT,
     SLOT_CONCEPT,
     SLOT_DISEASE,
+    SIGLIP_ROWS,
     SLOT_RAW,
     TABLE3,
     LossConfig,
@@ -20,9 +21,13 @@ from .official import (
     official_loss_from_ek,
 )
 from .paper import paper_loss
+from .siglip import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, siglip_loss
 
 __all__ = [
     "FIRST_SUBTEXT",
+    "SIGLIP_LOGIT_BIAS_INIT",
+    "SIGLIP_LOGIT_SCALE_INIT",
+    "SIGLIP_ROWS",
     "SLOT_CONCEPT",
     "SLOT_DISEASE",
     "SLOT_RAW",
@@ -36,4 +41,5 @@ __all__ = [
     "official_knowledge_embedding",
     "official_loss_from_ek",
     "paper_loss",
+    "siglip_loss",
 ]

@@ -9,7 +9,8 @@ import numpy as np
 from .common import compute_dtype
 from .config import NUM_KNOWLEDGE_SLOTS, SLOT_RAW, LossConfig
 from .official import official_clip_loss, official_knowledge_embedding, official_loss_from_ek
-from .paper import paper_loss
+from .paper import paper_loss, text_mask
+from .siglip import siglip_loss
 
 TERM_NAMES = ("loss", "i2t", "t2i", "mkcl", "slra", "dkw_mean", "dkw_std")
 
@@ -72,8 +73,19 @@ def _official(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, c
     return loss, terms
 
 
+def _siglip(image_emb, text_emb, owner, slot, valid, logit_scale, logit_bias, config: LossConfig):
+    if logit_bias is None:
+        raise ValueError("objective='sigmoid' needs the model's logit_bias (a model with init_logit_bias set)")
+    v = text_mask(owner, slot, valid, image_emb.shape[0], config)
+    loss = siglip_loss(image_emb, text_emb, owner, v, logit_scale, logit_bias)
+    zero = jnp.zeros_like(loss)
+    # SigLIP has no direction and no second term: i2t, t2i and mkcl all report the one sigmoid loss.
+    return loss, {"loss": loss, "i2t": loss, "t2i": loss, "mkcl": loss, "slra": zero,
+                  "dkw_mean": zero + 1.0, "dkw_std": zero}
+
+
 def make_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale,
-              config: LossConfig = LossConfig()):
+              config: LossConfig = LossConfig(), logit_bias=None):
     """The MAKE training objective over the flat text representation (MAKE_SPEC §1-3).
 
     Args:
@@ -86,6 +98,7 @@ def make_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale,
       valid: (M,) bool, whether the row is a text.
       logit_scale: scalar, the LOG scale (s = exp(logit_scale)).
       config: a :class:`LossConfig` (static under jit).
+      logit_bias: scalar, the SigLIP bias b (only for ``config.objective == 'sigmoid'``).
 
     Maths runs in float32 (or float64 when given float64 with x64 enabled), whatever the input dtype.
     Paper mode accepts rows in any order (packed or dense). Official mode needs the dense
@@ -95,6 +108,8 @@ def make_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale,
       (loss, terms) with terms ``loss``, ``i2t``, ``t2i``, ``mkcl``, ``slra`` (unweighted by lambda),
       ``dkw_mean``, ``dkw_std`` (of the weights over valid subtext rows).
     """
+    if config.objective == "sigmoid":
+        return _siglip(image_emb, text_emb, owner, slot, valid, logit_scale, logit_bias, config)
     if config.mode == "paper":
         return paper_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config)
     return _official(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config)

@@ -14,6 +14,7 @@ NUM_KNOWLEDGE_SLOTS = 3
 MODES = ("paper", "official")
 POSITIVES = ("clip_raw", "clip_dagger", "knowledge", "all")
 DKW_NORMS = ("ratio", "softmax")
+OBJECTIVES = ("softmax", "sigmoid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,9 @@ class LossConfig:
     slra_grad_to_raw: whether the slra gradient flows into the text row that builds the patch
                 weights (the raw caption in paper mode; text row i in official mode).
     eps:        epsilon of e^k = sum_n v z / (sum_n z + eps) (paper mode).
+    objective:  'softmax' (CLIP / MKCL contrastive, the default) or 'sigmoid' (the SigLIP pairwise loss of the
+                paper's SigLIP baselines, make_jax/losses/siglip.py; needs the model's learnable
+                ``logit_bias``, paper mode, a clip_* positives set, and slra = dkw = False).
     """
 
     mode: str = "paper"
@@ -50,6 +54,7 @@ class LossConfig:
     dkw_norm: str = "ratio"
     slra_grad_to_raw: bool = True
     eps: float = 1e-6
+    objective: str = "softmax"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -64,6 +69,11 @@ class LossConfig:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if not self.slra_lambda >= 0.0:
             raise ValueError(f"slra_lambda must be >= 0, got {self.slra_lambda}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "sigmoid" and (self.mode != "paper" or not self.is_clip or self.slra or self.dkw):
+            raise ValueError("objective='sigmoid' (SigLIP) is a CLIP baseline: it needs mode='paper', positives "
+                             "'clip_raw' or 'clip_dagger', slra=False and dkw=False")
 
     @property
     def is_clip(self) -> bool:
@@ -87,4 +97,10 @@ TABLE3 = {
     "mkcl": LossConfig(positives="all", slra=False, dkw=False),
     "mkcl+slra": LossConfig(positives="all", slra=True, dkw=False),
     "make": LossConfig(positives="all", slra=True, dkw=True),
+}
+
+# The SigLIP baselines of Tables 1-2: one text per image (raw caption, or the Derm1M-dagger text), sigmoid loss.
+SIGLIP_ROWS = {
+    "siglip": LossConfig(positives="clip_raw", slra=False, dkw=False, objective="sigmoid"),
+    "siglip_dagger": LossConfig(positives="clip_dagger", slra=False, dkw=False, objective="sigmoid"),
 }

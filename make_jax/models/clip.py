@@ -12,7 +12,6 @@ from flax import nnx
 from make_jax.models.config import ModelConfig
 from make_jax.models.towers import TextTower, VisionTower, l2_normalize
 
-LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
@@ -24,7 +23,8 @@ class ImageOutputs(NamedTuple):
 
 
 class CLIP(nnx.Module):
-    """`visual`, `text` and `logit_scale` (the log of s; logits are exp(logit_scale)·cosine).
+    """`visual`, `text` and `logit_scale` (the log of s; logits are exp(logit_scale)·cosine), plus `logit_bias`
+    when the config has an `init_logit_bias` (SigLIP: logits are exp(logit_scale)·cosine + logit_bias).
 
     Every `encode_*` returns L2-normalised float32 embeddings.
     """
@@ -33,7 +33,9 @@ class CLIP(nnx.Module):
         self.config = cfg
         self.visual = VisionTower(cfg, rngs)
         self.text = TextTower(cfg, rngs)
-        self.logit_scale = nnx.Param(jnp.asarray(LOGIT_SCALE_INIT, jnp.float32))
+        self.logit_scale = nnx.Param(jnp.asarray(cfg.init_logit_scale, jnp.float32))
+        if cfg.init_logit_bias is not None:
+            self.logit_bias = nnx.Param(jnp.asarray(cfg.init_logit_bias, jnp.float32))
 
     def encode_image_and_patches(self, images: jax.Array) -> ImageOutputs:
         """images (B, H, W, 3) → ImageOutputs(embedding (B, E), patches (B, P, E))."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Literal
 
 Activation = Literal["quick_gelu", "gelu"]
@@ -63,6 +64,9 @@ class ModelConfig:
     parameters are always float32. `attention`: "auto" lets JAX pick (cuDNN where it applies on GPU), "xla" or
     "cudnn" force one. `remat`: rematerialise each transformer block in the backward pass — True (both towers),
     False, or one tower only ("vision" or "text"), since the image tower holds most activations per example.
+    `init_logit_scale` / `init_logit_bias` (open_clip's names): the initial log scale, and the initial value of
+    a learnable `logit_bias` parameter — which exists only when `init_logit_bias` is not None (SigLIP models;
+    the plain CLIP has none, so its parameter tree and checkpoints are unchanged).
     """
 
     embed_dim: int = 512
@@ -73,6 +77,8 @@ class ModelConfig:
     dtype: str = "float32"
     attention: AttentionImpl = "auto"
     remat: bool | str = False
+    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_bias: float | None = None
 
     def __post_init__(self):
         if self.activation not in ("quick_gelu", "gelu"):
@@ -130,13 +136,16 @@ class ModelConfig:
             vision_cfg = {}
         vision_cfg.update(image_size=v.image_size, patch_size=v.patch_size, width=v.width, layers=v.layers,
                           mlp_ratio=v.mlp_ratio)
-        return {
+        out = {
             "embed_dim": self.embed_dim,
             "quick_gelu": self.activation == "quick_gelu",
             "vision_cfg": vision_cfg,
             "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
                          "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio},
         }
+        if self.init_logit_bias is not None:  # open_clip's CLIP then has a `logit_bias` parameter too
+            out.update(init_logit_scale=self.init_logit_scale, init_logit_bias=self.init_logit_bias)
+        return out
 
     @classmethod
     def from_open_clip(cls, model_cfg: dict, quick_gelu: bool | None = None, **overrides: Any) -> "ModelConfig":
@@ -180,6 +189,10 @@ class ModelConfig:
         )
         if quick_gelu is None:
             quick_gelu = bool(model_cfg.get("quick_gelu", False))
+        if model_cfg.get("init_logit_bias") is not None:
+            overrides.setdefault("init_logit_bias", float(model_cfg["init_logit_bias"]))
+        if model_cfg.get("init_logit_scale") is not None:
+            overrides.setdefault("init_logit_scale", float(model_cfg["init_logit_scale"]))
         return cls(embed_dim=int(model_cfg.get("embed_dim", 512)), vision=vision, text=text,
                    activation="quick_gelu" if quick_gelu else "gelu", **overrides)
 

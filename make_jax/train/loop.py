@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from make_jax.losses import LossConfig
+from make_jax.losses.siglip import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT
 from make_jax.models import ModelConfig, create_model, get_model_config
 from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
 from make_jax.train.flops import peak_flops, train_flops_per_image
@@ -31,6 +32,10 @@ from make_jax.train.step import (ModelFunctions, TrainState, batch_sharding, jit
                                  make_mesh, make_train_step, replicated, slots_to_encode)
 
 logger = logging.getLogger("make_jax.train")
+
+
+class InitFromError(ValueError):
+    """`config.init_from` says neither a checkpoint nor 'scratch'; the message is one line (launch.py prints it)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,8 +59,12 @@ def maybe_initialize_distributed() -> None:
 
 
 def model_config_from(config) -> ModelConfig:
+    """The preset `config.model.name` with the config's numerics; a SigLIP loss (loss.objective 'sigmoid') adds the
+    learnable `logit_bias` and SigLIP's initial (t, b) = (log 10, -10)."""
     m = config.model
     overrides = {k: m[k] for k in ("dtype", "remat", "attention", "activation") if k in m and m[k] is not None}
+    if config.loss.get("objective", "softmax") == "sigmoid":
+        overrides.update(init_logit_scale=SIGLIP_LOGIT_SCALE_INIT, init_logit_bias=SIGLIP_LOGIT_BIAS_INIT)
     return get_model_config(m.name, **overrides)
 
 
@@ -63,9 +72,33 @@ def loss_config_from(config) -> LossConfig:
     return LossConfig(**dict(config.loss))
 
 
-def initial_params(config, model_cfg: ModelConfig, params):
-    """Parameters to start from: a converted checkpoint (`config.init_from`) or the fresh initialisation."""
+# `config.init_from` asking for a random initialisation; the empty string is refused (the recipe starts from
+# OpenAI CLIP, and a run that silently trains from scratch is the wrong experiment).
+INIT_SCRATCH = "scratch"
+INIT_FROM_HELP = ("the recipe starts from OpenAI CLIP ViT-B/16: download ViT-B-16.pt from OpenAI's CLIP release "
+                  "(or the Hugging Face directory openai/clip-vit-base-patch16), convert it with "
+                  "`python -m make_jax.convert ViT-B-16.pt checkpoints/openai_vitb16` and pass "
+                  "--config.init_from=checkpoints/openai_vitb16; --config.init_from=scratch trains from a random "
+                  "initialisation (docs/training.md)")
+
+
+def check_init_from(config) -> None:
+    """`InitFromError` (one line) when `config.init_from` is empty (neither a checkpoint nor 'scratch')."""
     if not config.get("init_from"):
+        raise InitFromError(f"config.init_from is empty: {INIT_FROM_HELP}")
+
+
+def initial_params(config, model_cfg: ModelConfig, params):
+    """Parameters to start from: a converted checkpoint (`config.init_from`) or, with `init_from='scratch'`, the
+    fresh initialisation `params`.
+
+    The towers and `logit_scale` come from the checkpoint. A SigLIP model started from a checkpoint without a
+    `logit_bias` (a softmax CLIP such as OpenAI's) starts its (logit_scale, logit_bias) pair at SigLIP's
+    initialisation: a bias of -10 only makes sense with the temperature it was chosen for. A softmax run started
+    from a SigLIP checkpoint drops its bias."""
+    check_init_from(config)
+    if config.init_from == INIT_SCRATCH:
+        logger.info("initialising from scratch (config.init_from=scratch)")
         return params
     from make_jax.checkpoint.orbax_io import load_params, read_config
 
@@ -75,7 +108,12 @@ def initial_params(config, model_cfg: ModelConfig, params):
         raise ValueError(f"init_from {config.init_from}: its model geometry differs from config.model "
                          f"({src_cfg.to_dict()} vs {model_cfg.to_dict()})")
     logger.info("initialising from %s", config.init_from)
-    return load_params(config.init_from, model_cfg)
+    loaded = load_params(config.init_from, src_cfg)
+    if "logit_bias" in params and "logit_bias" not in loaded:
+        loaded["logit_scale"], loaded["logit_bias"] = params["logit_scale"], params["logit_bias"]
+    elif "logit_bias" not in params:
+        loaded.pop("logit_bias", None)
+    return loaded
 
 
 def total_steps_of(config, num_examples: int | None) -> int:
@@ -121,6 +159,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     (for tests and benchmarks); checkpoints and export then follow the usual rules.
     """
     maybe_initialize_distributed()
+    check_init_from(config)  # before any work
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -158,6 +197,9 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
         logger.info("resumed from %s at step %d", ckpts.directory / str(latest), start)
 
     microbatches = int(config.get("microbatches", 1) or 1)
+    if loss_cfg.objective == "sigmoid" and (microbatches > 1 or (config.get("packing") or {}).get("enabled")):
+        raise ValueError("loss.objective='sigmoid' (SigLIP) runs with the one-pass step: set microbatches=1 and "
+                         "packing.enabled=False")
     pack = packing_config(config, loss_cfg, microbatches)
     if microbatches > 1:  # GradCache: same loss and gradients as one pass, activations of one micro-batch at a time
         from make_jax.train.gradcache import make_gradcache_train_step

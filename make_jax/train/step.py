@@ -87,7 +87,12 @@ def forward_loss(model: CLIP, batch: dict, loss_config: LossConfig):
     rows = jnp.arange(b * n, dtype=jnp.int32)
     owner, slot = rows // n, rows % n
     return make_loss(image_out.embedding, image_out.patches, text_emb, owner, slot, valid.reshape(b * n),
-                     model.logit_scale[...], loss_config)
+                     model.logit_scale[...], loss_config, logit_bias=logit_bias_of(model))
+
+
+def logit_bias_of(model: CLIP):
+    """The model's SigLIP bias, or None for a model without one."""
+    return model.logit_bias[...] if hasattr(model, "logit_bias") else None
 
 
 def init_train_state(model: CLIP, optimizer: optax.GradientTransformation) -> tuple[ModelFunctions, TrainState]:
@@ -106,6 +111,8 @@ def apply_gradients(state: TrainState, grads, terms: dict, optimizer: optax.Grad
     metrics = {k: v.astype(jnp.float32) for k, v in terms.items()}
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["logit_scale"] = jnp.exp(params["logit_scale"])
+    if "logit_bias" in params:
+        metrics["logit_bias"] = params["logit_bias"]
     if schedule is not None:
         metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
