@@ -38,3 +38,20 @@ def tiny_train_config(records: str, **overrides):
     for k, v in overrides.items():
         c[k] = v
     return c
+
+
+def random_tiny_encoder(seed: int = 0, batch_size: int = 8):
+    """An Encoder around the tiny preset holding random values drawn with numpy (cheaper than the model's own
+    initialisation on a busy CPU): for tests of the evaluation plumbing, not of what a model learns."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from make_jax.inference import Encoder
+    from make_jax.models import abstract_model, get_model_config
+
+    rng = np.random.default_rng(seed)
+    graphdef, state = nnx.split(abstract_model(get_model_config("tiny")))
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda s: 0.2 * rng.standard_normal(s.shape).astype(np.float32),
+                                                 nnx.to_pure_dict(state)))
+    return Encoder(nnx.merge(graphdef, state), batch_size=batch_size)

@@ -13,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
+from conftest import random_tiny_encoder
 from make_jax.evaluate import logreg
 from make_jax.evaluate import metrics as M
 from make_jax.evaluate.datasets import DatasetError
@@ -103,12 +104,6 @@ def test_few_shot_and_percent_sampling():
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     """3 classes of noisy colour images; split column; a tiny random-init encoder."""
-    import jax
-    from flax import nnx
-
-    from make_jax.inference import Encoder
-    from make_jax.models import abstract_model, get_model_config
-
     root = tmp_path_factory.mktemp("lp")
     rng = np.random.default_rng(0)
     colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]])
@@ -124,11 +119,7 @@ def tiny_set(tmp_path_factory):
         w = csv.DictWriter(f, fieldnames=["filename", "label", "split"])
         w.writeheader()
         w.writerows(rows)
-    # random parameter values drawn with numpy: cheaper than the model's own initialisation on a busy CPU
-    graphdef, state = nnx.split(abstract_model(get_model_config("tiny")))
-    nnx.replace_by_pure_dict(state, jax.tree.map(lambda s: 0.2 * rng.standard_normal(s.shape).astype(np.float32),
-                                                 nnx.to_pure_dict(state)))
-    enc = Encoder(nnx.merge(graphdef, state), batch_size=8)
+    enc = random_tiny_encoder()
     return root, rows, enc
 
 

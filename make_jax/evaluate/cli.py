@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m make_jax.evaluate", description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="tasks: zero_shot, concepts, retrieval, infer, linear_probe (see docs/evaluation.md)")
+        epilog="tasks: zero_shot, concepts, retrieval, infer, linear_probe, embed, explain (see docs/evaluation.md)")
     m = p.add_argument_group("model")
     src = m.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a make_jax checkpoint directory, an open_clip / Hugging Face CLIP "
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add_argument_group("run")
     what = r.add_mutually_exclusive_group(required=True)
-    what.add_argument("--task", help="zero_shot | concepts | retrieval | infer | linear_probe")
+    what.add_argument("--task", help="zero_shot | concepts | retrieval | infer | linear_probe | embed | explain")
     what.add_argument("--config", help="an eval config (configs/eval_*.py, optionally FILE:ARG) listing several sets")
     r.add_argument("--name", help="a label for this set in the results")
     r.add_argument("--out", help="write the results here as JSON")
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=("table", "json"), default="table", help="what to print (default: table)")
 
     d = p.add_argument_group("dataset options (by task)")
-    d.add_argument("--csv", help="zero_shot: filename,label CSV; retrieval: filename,caption CSV")
+    d.add_argument("--csv", help="zero_shot: filename,label CSV; retrieval: filename,caption CSV; linear_probe: "
+                                 "filename,label,split CSV; embed: CSV with a filename column")
     d.add_argument("--image-root", help="folder the CSV's filenames are relative to (default: the CSV's folder)")
     d.add_argument("--classes", help="zero_shot / infer: class list, a preset (PAD, F17K, SNU-134, SD-128) or a "
                                      "JSON / text file")
@@ -97,7 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--percent-data", type=float, default=None, help="linear_probe: train on P%% of the training set")
     d.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="linear_probe: sampling seeds of --shots / --percent-data runs (default 0 1 2)")
-    d.add_argument("--images", help="infer: an image file or a folder of images")
+    d.add_argument("--images", help="infer / embed / explain: an image file or a folder of images")
+    d.add_argument("--embeddings", help="embed: output, OUT.npz or a directory (image.npy, text.npy + CSV indexes)")
+    d.add_argument("--texts", nargs="+", default=None, help="embed / explain: texts to encode or to locate")
+    d.add_argument("--texts-file", default=None, help="embed: texts, one a line (or a CSV with --text-column)")
+    d.add_argument("--text-column", default=None, help="embed: text column of a --texts-file CSV (default text)")
+    d.add_argument("--with-patches", action="store_true", help="embed: also the patch embeddings (float16)")
+    d.add_argument("--chunk", type=int, default=None, help="embed: images per saved chunk (default 1024; resumable)")
+    d.add_argument("--explain-dir", default=None, help="explain: folder for the overlay PNGs and .npz grids")
+    d.add_argument("--sigma", type=float, default=None, help="explain: SLRA patch threshold σ (default 0)")
     d.add_argument("--recursive", action="store_true", help="infer: also images in sub-folders")
     return p
 
@@ -188,7 +197,8 @@ def _task_options(task: registry.Task, args: argparse.Namespace) -> dict:
              "data_dir", "meta", "image_dir", "concept_list", "concept_terms", "concept_prompts", "id_column",
              "save_scores", "caption_column", "ks", "images", "recursive", "workers", "strict", "train_csv",
              "val_csv", "test_csv", "split_column", "shots", "percent_data", "seeds", "predictions_csv", "bootstrap",
-             "bootstrap_seed"}
+             "bootstrap_seed", "embeddings", "texts", "texts_file", "text_column", "with_patches", "chunk",
+             "explain_dir", "sigma"}
     opts = {k: getattr(args, k) for k in names if k in task.options and getattr(args, k) not in (None, False)}
     if args.topk is not None and "topk" in task.options:
         opts["topk"] = max(args.topk) if task.name == "infer" else tuple(args.topk)

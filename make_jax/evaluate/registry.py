@@ -17,7 +17,8 @@ from typing import Any, Callable
 __all__ = ["Task", "get", "names", "register", "run_task"]
 
 _BUILTIN = ("make_jax.evaluate.zero_shot", "make_jax.evaluate.concepts", "make_jax.evaluate.retrieval",
-            "make_jax.evaluate.infer", "make_jax.evaluate.linear_probe")
+            "make_jax.evaluate.infer", "make_jax.evaluate.linear_probe", "make_jax.evaluate.embed",
+            "make_jax.evaluate.explain")
 _TASKS: dict[str, "Task"] = {}
 _ALIASES = {"zeroshot": "zero_shot", "zero-shot": "zero_shot", "concept": "concepts",
             "concept_annotation": "concepts", "retrieve": "retrieval"}
