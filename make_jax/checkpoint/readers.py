@@ -193,8 +193,10 @@ def read_open_clip_dir(path: Path, activation: str | None = None) -> Source:
     if activation is not None:
         cfg = cfg.replace(activation=activation)
     elif quick_gelu is None:
-        logger.warning("%s sets no quick_gelu: using exact GELU, as open_clip would; OpenAI-initialised weights "
-                       "(MAKE, DermLIP, OpenAI CLIP) need --activation quick_gelu", path / OPEN_CLIP_CONFIG)
+        logger.warning("%s sets no quick_gelu: using exact GELU, as open_clip would; weights trained from OpenAI "
+                       "CLIP (MAKE, DermLIP) may have been trained with QuickGELU — `python -m "
+                       "make_jax.checkpoint.activation_check` tells which one reproduces their published outputs "
+                       "(docs/checkpoints.md); --activation overrides", path / OPEN_CLIP_CONFIG)
     weights = _first_existing(path, OPEN_CLIP_WEIGHTS)
     sd = _load_sd(weights)
     open_clip_layout.check_shapes({k: v.shape for k, v in sd.items()}, cfg, what=f"checkpoint {weights.name}")
