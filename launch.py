@@ -1,4 +1,5 @@
-"""Entry point: `python launch.py --config configs/<name>.py[:arg] --workdir DIR [--config.field=value ...]`.
+"""Entry point: `python launch.py --config configs/<name>.py[:arg] --workdir DIR [--config.field=value ...]`
+(or `--config <name>[:arg]`; installed: `make-jax-train ...`). `--help` lists every config field and its default.
 
 Every config field can be overridden on the command line (`--config.batch_size=256`,
 `--config.loss.slra=False`). The resolved config is saved as WORKDIR/config.json. `--sweep` runs the rows of an
@@ -53,4 +54,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from make_jax.train.cli import prepare_argv  # config names; --help lists the config fields (exit 0)
+
+    app.run(main, argv=prepare_argv(sys.argv, __doc__))

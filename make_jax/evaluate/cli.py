@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     what = r.add_mutually_exclusive_group(required=True)
     what.add_argument("--task", help="zero_shot | concepts | retrieval | infer | linear_probe | embed | explain")
-    what.add_argument("--config", help="an eval config (configs/eval_*.py, optionally FILE:ARG) listing several sets")
+    what.add_argument("--config", help="an eval config listing several sets: a file or a packaged name "
+                                       "(eval_paper, eval_synthderm), optionally NAME:ARG")
     r.add_argument("--name", help="a label for this set in the results")
     r.add_argument("--out", help="write the results here as JSON")
     r.add_argument("--workers", type=int, default=None, help="image-decoding threads (default: CPU count, ≤16)")
@@ -128,10 +129,11 @@ def load_encoder(checkpoint: str | None = None, random_init: str | None = None, 
 
 
 def load_config(spec: str) -> dict:
-    """configs/eval_x.py[:ARG] → plain dict from its get_config(ARG) (an ml_collections ConfigDict or a dict)."""
+    """configs/eval_x.py[:ARG] or eval_x[:ARG] → plain dict from its get_config(ARG) (an ml_collections ConfigDict or a dict)."""
+    from make_jax.config_names import config_path
+
     path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config {path}: file not found")
+    path = str(config_path(path))  # a file, or the name of a packaged config (eval_paper, eval_synthderm, ...)
     mod_spec = importlib.util.spec_from_file_location(f"_make_eval_config_{abs(hash(path))}", path)
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
