@@ -62,6 +62,9 @@ class PipelineConfig:
     prefetch_batches: batches a background thread of the consuming process keeps ready (0 = none).
     with_index:       also yield 'index' (B,) int64 record index and 'epoch' (B,) int64 (debugging/tests).
     augment:          the train transform's parameters (its ``size`` is replaced by ``image_size``).
+    official_inputs:  feed the texts the public MAKE code feeds (``public_text_inputs``; the loss's official mode
+                      sets it): ids for every slot, validity = the CSV masks. False: invalid slots are all-zero
+                      ids that no loss term reads (paper mode).
     """
 
     image_size: int = 224
@@ -75,6 +78,7 @@ class PipelineConfig:
     prefetch_batches: int = 2
     with_index: bool = False
     augment: TrainTransformConfig = field(default_factory=TrainTransformConfig)
+    official_inputs: bool = False
 
     def __post_init__(self):
         if not 1 <= self.context_length <= CONTEXT_LENGTH:
@@ -94,6 +98,32 @@ def trim_text_ids(ids: np.ndarray, lengths: np.ndarray, context_length: int) -> 
     out = ids[..., :context_length].copy()
     out[lengths > context_length, context_length - 1] = EOT_ID
     return out
+
+
+# What the public code tokenizes for an empty CSV cell (src/open_clip_train/data.py, MultiPositiveCsvDataset): the
+# aspect columns are read by pandas as NaN and passed through str() -> "nan"; the subcaption columns go through
+# fillna('') -> "" (SOT + EOT). Index = slot.
+PUBLIC_EMPTY_TEXTS = ("nan", "nan", "nan") + ("",) * (NUM_SLOTS - 3)
+
+
+def public_text_inputs(ids: np.ndarray, lengths: np.ndarray, valid: np.ndarray, texts, mask_csv: np.ndarray,
+                       tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (ids (N, 77), lengths (N,), valid (N,)) the public MAKE code feeds for one record.
+
+    Every slot gets ids: a slot whose record ids are empty (invalid in the paper's sense) is tokenized from its
+    string, or from ``PUBLIC_EMPTY_TEXTS`` when the CSV cell was empty, so it enters the public loss's denominators
+    (and its patch weighting) as the public code's "nan" / "" encodings instead of all-zero ids. Validity is the
+    CSV masks as written (the public ``caption_mask``); when a mask cell was malformed (``mask_csv`` all False) the
+    record's validity stands, as the public code cannot read such a row at all.
+    """
+    ids, lengths = ids.copy(), lengths.copy()
+    todo = [n for n in range(len(lengths)) if lengths[n] == 0]
+    if todo:
+        strings = [texts[n] if texts[n] else PUBLIC_EMPTY_TEXTS[n] for n in todo]
+        new_ids, new_lengths = tokenizer.tokenize_with_lengths(strings, ids.shape[-1])
+        ids[todo], lengths[todo] = new_ids, new_lengths
+    out_valid = np.asarray(mask_csv, bool) if np.any(mask_csv) else np.asarray(valid, bool)
+    return ids, lengths, out_valid
 
 
 def steps_per_epoch(num_records: int, global_batch_size: int, drop_remainder: bool = True) -> int:
@@ -173,13 +203,19 @@ class ExampleLoader:
                 "text_valid": np.zeros((NUM_SLOTS,), bool),
             }
         else:
-            rec = decode_record(self.source[index], PIPELINE_FIELDS)
+            fields = PIPELINE_FIELDS + (("texts", "mask_csv") if cfg.official_inputs else ())
+            rec = decode_record(self.source[index], fields)
             img = decode_image(rec["image"])
             if self.train:
                 image = train_transform(img, self.example_rng(epoch, index), self.augment)
             else:
                 image = eval_transform(img, S)
             ids, lengths, valid = rec["text_ids"], rec["text_lengths"], rec["text_valid"]
+            if cfg.official_inputs:
+                from make_jax.tokenizer import get_tokenizer
+
+                ids, lengths, valid = public_text_inputs(ids, lengths, valid, rec["texts"], rec["mask_csv"],
+                                                         get_tokenizer())
             if cfg.slot0 == "dagger":
                 ids[SLOT_RAW] = rec["dagger_ids"]
                 lengths[SLOT_RAW] = rec["dagger_length"]

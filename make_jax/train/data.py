@@ -15,7 +15,8 @@ def pipeline_config(config):
     return PipelineConfig(image_size=d.image_size, context_length=d.context_length, slot0=d.slot0, output="uint8",
                           seed=config.seed, num_workers=d.get("workers", 0),
                           prefetch_batches=d.get("prefetch", 2), read_threads=d.get("read_threads", 0),
-                          augment=TrainTransformConfig(**augment))
+                          augment=TrainTransformConfig(**augment),
+                          official_inputs=config.loss.get("mode", "paper") == "official")
 
 
 def make_train_data(config, process_index: int, process_count: int):
