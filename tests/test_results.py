@@ -116,3 +116,12 @@ def test_report_page_is_self_contained_and_its_numbers_are_sklearns(tmp_path):
     auc = re.search(r"<td>macro_auroc_ovr</td><td>([0-9.]+)</td>", page).group(1)
     assert float(auc) == pytest.approx(roc_auc_score(y, p, multi_class="ovr"), abs=5e-5)
     assert "<td>SkinCAP</td>" in page and "Ablation sweep" in page
+
+
+def test_median_rank_convention_is_numpys_median_of_one_based_ranks():
+    # docs/evaluation.md: make_jax reports median(rank0 + 1); open_clip floor(median(rank0)) + 1.
+    even = np.array([0, 1])
+    assert M.rank_summary(even)["median_rank"] == 1.5
+    assert np.floor(np.median(even)) + 1 == 1.0  # open_clip's value for the same ranks
+    odd = np.array([4, 0, 2])
+    assert M.rank_summary(odd)["median_rank"] == 3.0 == np.floor(np.median(odd)) + 1
