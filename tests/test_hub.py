@@ -16,6 +16,7 @@ import make_jax
 import torch_reference as tr
 from make_jax.checkpoint import CheckpointError, hub, load_params, read_config
 from make_jax.convert import convert
+from test_convert import flat
 
 GEOM = dict(image_size=32, patch_size=8, v_width=64, v_layers=1, v_heads=2, v_mlp=128, t_width=32, t_layers=1,
             t_heads=2, t_mlp=64, embed_dim=16)
@@ -25,31 +26,11 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 def flat_params(model) -> dict[str, np.ndarray]:
     from flax import nnx
 
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else k)
-        else:
-            out[prefix] = np.asarray(node)
-
-    walk(nnx.to_pure_dict(nnx.state(model, nnx.Param)), "")
-    return out
+    return flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def flat_ckpt(path) -> dict[str, np.ndarray]:
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else k)
-        else:
-            out[prefix] = np.asarray(node)
-
-    walk(load_params(path, as_numpy=True), "")
-    return out
+    return flat(load_params(path, as_numpy=True))
 
 
 @pytest.fixture(scope="module")
