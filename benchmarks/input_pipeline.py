@@ -1,12 +1,14 @@
 """Throughput of the Grain input pipeline (make_jax.data.pipeline): decode + train augment + batch, at 224 px from
-records stored at shorter side 256 — the spec §6 train transform, images/s per CPU core.
+records stored at a given shorter side (default: the converter's, 355) — the spec §6 train transform, images/s
+per CPU core — and the records' size on disk.
 
 Usage:
     python benchmarks/input_pipeline.py [--images 256] [--batch 64] [--batches 24] [--size 224] [--keep DIR]
+        [--shorter-side 355]
 
 1. Builds a synthetic MAKE CSV (texts from tests/golden/MAKE_training_example.csv) and photo-like source images
    (640x480 and 480x640 JPEGs: smooth shading, blotches, fine texture and sensor noise), and converts them with
-   ``make_jax.data.convert`` (shorter side 256, JPEG q95, all cores) — conversion speed is printed too.
+   ``make_jax.data.convert`` (``--shorter-side``, JPEG q95, all cores) — conversion speed is printed too.
 2. Runs ``train_dataset`` in one process with no worker processes and no threads (read_threads=0,
    prefetch_batches=0): every image is read, its record parsed, the JPEG decoded, RandomResizedCrop + colour
    jitter (p=0.8) + grayscale (p=0.2) applied and the batch stacked on one core. Reported: wall images/s and
@@ -54,7 +56,7 @@ def photo_like(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def build(tmp: str, n: int, workers: int) -> tuple[str, float]:
+def build(tmp: str, n: int, workers: int, shorter_side: int) -> tuple[str, float]:
     from PIL import Image
 
     with open(GOLDEN, newline="", encoding="utf-8") as fh:
@@ -75,7 +77,7 @@ def build(tmp: str, n: int, workers: int) -> tuple[str, float]:
         wr.writerows(rows)
     t0 = time.perf_counter()
     res = C.convert(os.path.join(tmp, "train.csv"), os.path.join(tmp, "images"), os.path.join(tmp, "out"),
-                    workers=workers, shard_size=128, progress=False, log=lambda s: None)
+                    workers=workers, shard_size=128, shorter_side=shorter_side, progress=False, log=lambda s: None)
     return res.directory, n / (time.perf_counter() - t0)
 
 
@@ -134,17 +136,18 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", help="reuse/keep the synthetic dataset in this folder")
+    ap.add_argument("--shorter-side", type=int, default=C.DEFAULT_SHORTER_SIDE, help="stored shorter side of the records")
     args = ap.parse_args()
 
     tmp = args.keep or tempfile.mkdtemp(prefix="make_pipe_bench_")
     try:
         t0 = time.perf_counter()
-        path, conv_rate = build(tmp, args.images, workers=os.cpu_count() or 1)
+        path, conv_rate = build(tmp, args.images, workers=os.cpu_count() or 1, shorter_side=args.shorter_side)
         info = R.read_info(path)
         nbytes = sum(int(s.get("numBytes", 0)) for s in info["splits"])
         print(f"machine: {platform.machine()} {platform.processor() or ''} cores={os.cpu_count()} "
               f"python={platform.python_version()} load={os.getloadavg()}")
-        print(f"dataset: {args.images} records, mean record {nbytes / args.images / 1024:.1f} KiB, "
+        print(f"dataset: {args.images} records at shorter side {args.shorter_side}, mean record {nbytes / args.images / 1024:.1f} KiB, "
               f"built in {time.perf_counter() - t0:.1f} s (convert: {conv_rate:.0f} images/s on "
               f"{os.cpu_count()} processes)")
         for threads in (0, 2):

@@ -33,15 +33,23 @@ def concept_text(concepts: str) -> str:
     return f"This skin photo shows {concepts}."
 
 
-def dagger_text(raw: str, disease: str, concept: str) -> str:
-    """Derm1M† text: the raw caption with the valid aspect texts appended (the knowledge-augmented baselines).
+DAGGER_ORDERS = ("append", "prepend")
 
-    Matches the CSV's `augmented_caption` column, which joins with no space after the caption's full stop and
-    writes the concept sentence as "The skin photo shows ...".
+
+def dagger_text(raw: str, disease: str, concept: str, order: str = "append") -> str:
+    """Derm1M† text: the raw caption and the valid aspect texts in one (the knowledge-augmented baselines).
+
+    `order` 'append' (default) puts the aspect texts after the caption, as the public CSV's `augmented_caption`
+    column does (joined with no space after the caption's full stop, the concept sentence written "The skin photo
+    shows ..."); 'prepend' puts them first, as the paper describes Derm1M†. With the 77-token cut the two differ:
+    a long caption loses its aspect texts when they are appended, its own tail when they are prepended.
     """
-    parts = [raw.strip()]
+    if order not in DAGGER_ORDERS:
+        raise ValueError(f"dagger order must be one of {DAGGER_ORDERS}, got {order!r}")
+    aspects = []
     if disease:
-        parts.append(disease)
+        aspects.append(disease)
     if concept:
-        parts.append(concept.replace("This skin photo shows", "The skin photo shows", 1))
+        aspects.append(concept.replace("This skin photo shows", "The skin photo shows", 1))
+    parts = [raw.strip()] + aspects if order == "append" else aspects + [raw.strip()]
     return "".join(parts)

@@ -1,7 +1,7 @@
 """MAKE training CSV + image folder → a versioned, sharded ArrayRecord dataset (TFDS layout, no TensorFlow).
 
     python -m make_jax.data.convert --csv train.csv --images ROOT --out DIR \
-        [--val-csv val.csv | --val-fraction 0.01] [--shorter-side 256] [--format jpeg|png] [--workers N] \
+        [--val-csv val.csv | --val-fraction 0.01] [--shorter-side 355] [--format jpeg|png] [--workers N] \
         [--shard-size 2048] [--name make_derm] [--version 1.0.0]
 
 What it does (layout and record schema: ``make_jax.data.records``):
@@ -67,7 +67,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import csv_io
-from .aspects import NUM_KNOWLEDGE, NUM_SLOTS, NUM_SUBTEXTS, dagger_text
+from .aspects import DAGGER_ORDERS, NUM_KNOWLEDGE, NUM_SLOTS, NUM_SUBTEXTS, dagger_text
 from .records import (
     CONTEXT_LENGTH,
     DEFAULT_NAME,
@@ -80,6 +80,12 @@ from .records import (
     features,
     shard_filename,
 )
+
+# RandomResizedCrop(224, scale 0.4-1) takes crops down to 40 % of the image's area: a square crop of a square
+# image stored at shorter side s is s·sqrt(0.4) px wide, so s >= 224 / sqrt(0.4) = 354.2 lets every such crop be
+# cut from stored pixels instead of being upsampled to 224 (at 256 the smallest crops were ~162 px). The public
+# code crops from the original file; cost of the larger records: BENCHMARKS.md, "Input pipeline".
+DEFAULT_SHORTER_SIDE = 355
 
 FORMAT_VERSION = 1  # bump when the record layout or the processing changes (part of the settings fingerprint)
 
@@ -128,7 +134,7 @@ class PreparedRow:
 @dataclass(frozen=True)
 class ConvertSettings:
     images: str
-    shorter_side: int = 256
+    shorter_side: int = DEFAULT_SHORTER_SIDE
     image_format: str = "jpeg"
     jpeg_quality: int = 95
     shard_size: int = 2048
@@ -136,6 +142,7 @@ class ConvertSettings:
     version: str = "1.0.0"
     val_fraction: float = 0.0
     split_seed: int = 0
+    dagger_order: str = "append"
 
 
 # --- pass 1: text checks ----------------------------------------------------------------------------------------
@@ -159,9 +166,10 @@ def _text(values: dict[str, str], column: str, issue: Callable[..., None]) -> st
 
 
 def prepare_row(
-    values: dict[str, str], row: int, label: str, split: str = TRAIN
+    values: dict[str, str], row: int, label: str, split: str = TRAIN, dagger_order: str = "append"
 ) -> tuple[PreparedRow | None, list[Issue]]:
-    """Check one row's text fields. Returns (the prepared row or None if dropped, the issues found)."""
+    """Check one row's text fields. Returns (the prepared row or None if dropped, the issues found).
+    ``dagger_order``: where the Derm1M† text puts the aspect texts ('append' or 'prepend', ``aspects.dagger_text``)."""
     issues: list[Issue] = []
     filename = (values.get("filename") or "").strip()
 
@@ -217,7 +225,7 @@ def prepare_row(
                 issue(csv_io.SUB_CAPTIONS, "bad_count", f"says {c} but {n_sub} subcaption columns are non-empty",
                       "ignored (masks and texts decide)")
 
-    dagger = dagger_text(texts[0], texts[1] if valid[1] else "", texts[2] if valid[2] else "")
+    dagger = dagger_text(texts[0], texts[1] if valid[1] else "", texts[2] if valid[2] else "", dagger_order)
     metadata = {c: (values.get(c) or "").strip() for c in METADATA_COLUMNS}
     metadata["filename"] = filename
     return PreparedRow(label, row, split, filename, texts, mask_csv, valid, dagger, metadata), issues
@@ -485,7 +493,7 @@ def convert(
     val_csv: str | None = None,
     val_fraction: float = 0.0,
     split_seed: int = 0,
-    shorter_side: int = 256,
+    shorter_side: int = DEFAULT_SHORTER_SIDE,
     image_format: str = "jpeg",
     jpeg_quality: int = 95,
     shard_size: int = 2048,
@@ -496,6 +504,7 @@ def convert(
     max_shards: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    dagger_order: str = "append",
 ) -> ConvertResult:
     """Convert; see the module docstring. ``max_shards`` stops after writing that many new shards (a rerun
     continues). Raises ``MissingColumnsError`` before any work when a required column is absent."""
@@ -508,8 +517,10 @@ def convert(
     if not os.path.isdir(images):
         raise FileNotFoundError(f"--images {images!r} is not a folder")
     workers = (os.cpu_count() or 1) if workers is None else workers
+    if dagger_order not in DAGGER_ORDERS:
+        raise ValueError(f"--dagger-order must be one of {DAGGER_ORDERS}, got {dagger_order!r}")
     settings = ConvertSettings(os.path.abspath(images), shorter_side, image_format, jpeg_quality, shard_size, name,
-                               version, float(val_fraction), split_seed)
+                               version, float(val_fraction), split_seed, dagger_order)
 
     # Pass 1: the plan.
     scans = [scan_csv(csv_path, TRAIN)]
@@ -593,7 +604,7 @@ def convert(
                     p = wanted.get((scan.label, raw.number))
                     if p is None:
                         continue
-                    prepared, _ = prepare_row(raw.values, raw.number, scan.label, p.split)
+                    prepared, _ = prepare_row(raw.values, raw.number, scan.label, p.split, settings.dagger_order)
                     buf = buffers[id(p)]
                     buf.append(prepared)
                     if len(buf) == len(p.rows):
@@ -756,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-csv", help="CSV of the validation split")
     g.add_argument("--val-fraction", type=float, default=0.0, help="fraction of files held out for validation")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the --val-fraction file hash")
-    p.add_argument("--shorter-side", type=int, default=256, help="stored shorter side in px (never upscaled)")
+    p.add_argument("--shorter-side", type=int, default=DEFAULT_SHORTER_SIDE,
+                   help=f"stored shorter side in px (never upscaled; default {DEFAULT_SHORTER_SIDE})")
     p.add_argument("--format", dest="image_format", choices=("jpeg", "png"), default="jpeg")
     p.add_argument("--jpeg-quality", type=int, default=95)
     p.add_argument("--shard-size", type=int, default=2048, help="CSV rows per shard")
@@ -765,6 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--overwrite", action="store_true", help="discard an existing conversion with other settings")
     p.add_argument("--max-shards", type=int, default=None, help="stop after writing this many shards (resume later)")
+    p.add_argument("--dagger-order", choices=DAGGER_ORDERS, default="append",
+                   help="Derm1M† text: aspect texts after the caption (append: the public CSV's augmented_caption) "
+                        "or before it (prepend: the paper's description); matters under the 77-token cut")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -778,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             split_seed=args.split_seed, shorter_side=args.shorter_side, image_format=args.image_format,
             jpeg_quality=args.jpeg_quality, shard_size=args.shard_size, workers=args.workers, name=args.name,
             version=args.version, overwrite=args.overwrite, max_shards=args.max_shards,
-            progress=not args.no_progress,
+            progress=not args.no_progress, dagger_order=args.dagger_order,
         )
     except (MissingColumnsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
