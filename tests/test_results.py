@@ -47,12 +47,16 @@ def test_predictions_csv_layout_and_round_trip(tmp_path):
     y, p = fake(n=5)
     path = write_predictions_csv(tmp_path / "pad.csv", [f"i{j}.jpg" for j in range(5)], y, p, NAMES)
     rows = list(csv.reader(open(path, newline="")))
-    assert rows[0] == ["filename", "label", "label_name", "prediction", "prediction_name", *NAMES]
+    # DermFM-Zero's per-image layout (statistic_reproduce/examples/zero_shot/PAD/MAKE.csv), written out here
+    assert rows[0] == ["image_path", "true_label", "predicted_label", "probability_class_0", "probability_class_1",
+                       "probability_class_2", "probability_class_3"]
     for j, r in enumerate(rows[1:]):
-        assert r[0] == f"i{j}.jpg" and r[2] == NAMES[y[j]] and r[4] == NAMES[int(np.argmax(p[j]))]
+        assert r[0] == f"i{j}.jpg" and int(r[1]) == y[j] and int(r[2]) == int(np.argmax(p[j]))
     files, y2, p2, names = read_predictions_csv(path)
     assert names == NAMES and np.array_equal(y2, y)
-    np.testing.assert_allclose(p2, p, rtol=1e-5)
+    np.testing.assert_allclose(p2, p, rtol=1e-7)
+    (tmp_path / "pad.csv.classnames.json").unlink()  # a file from elsewhere, without names
+    assert read_predictions_csv(path)[3] == ["class 0", "class 1", "class 2", "class 3"]
 
 
 def test_roc_points_equal_sklearn_with_ties():
