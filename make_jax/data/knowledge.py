@@ -478,6 +478,8 @@ def run(args: argparse.Namespace, explicit: Iterable[str] = ()) -> Summary:
     if not args.check and not args.output:
         raise ValueError("an output path is required (or use --check)")
     budget = make_budget(args.budget)
+    if getattr(args, "llm_prompt", None) and args.extractor != "llm":
+        raise ValueError("--llm-prompt needs --extractor llm")
     if args.budget == "auto" and budget.kind != "tokens":
         log.warning("make_jax.tokenizer unavailable: raw captions budgeted by words (%d)", DEFAULT_WORD_BUDGET)
 
@@ -490,15 +492,18 @@ def run(args: argparse.Namespace, explicit: Iterable[str] = ()) -> Summary:
         lexicon = LexiconExtractor(ConceptLexicon.from_json(args.concept_terms), ontology)
         extractor = lexicon
         if args.extractor == "llm":
-            from .llm_extract import LLMConfig, LLMExtractor
+            from .llm_extract import DEFAULT_PROMPT, LLMConfig, LLMExtractor, load_prompt_file
 
+            prompt = load_prompt_file(args.llm_prompt) if getattr(args, "llm_prompt", None) else DEFAULT_PROMPT
             cfg = LLMConfig.from_env(
                 concurrency=args.llm_concurrency, max_retries=args.llm_retries, timeout=args.llm_timeout,
                 backoff=args.llm_backoff, json_mode=args.llm_json_mode, max_requests=args.llm_max_requests,
             )  # fmt: skip
             cache = args.llm_cache or ((args.output or args.input) + ".llm-cache.jsonl")
-            extractor = LLMExtractor(cfg, lexicon, cache_path=cache, unknown_disease=args.llm_unknown_disease)
-            log.info("LLM extractor: model %s at %s, cache %s", cfg.model, cfg.safe_endpoint, cache)
+            extractor = LLMExtractor(cfg, lexicon, cache_path=cache, unknown_disease=args.llm_unknown_disease,
+                                     prompt=prompt)
+            log.info("LLM extractor: model %s at %s, prompt %s, cache %s", cfg.model, cfg.safe_endpoint,
+                     prompt.name, cache)
     else:
         n_rows = csv_io.count_rows(args.input, args.delimiter)
 
@@ -595,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--llm-max-requests", type=int, help="stop asking after this many requests (lexicon after)")
     l.add_argument("--llm-cache", help="answer cache JSONL (default: OUTPUT.llm-cache.jsonl)")
     l.add_argument("--llm-json-mode", action="store_true", help="send response_format json_object")
+    l.add_argument("--llm-prompt", help="prompt file (JSON; docs/knowledge.md) instead of the built-in prompt, e.g. "
+                                        "the paper's two prompts")
     l.add_argument("--llm-unknown-disease", choices=("drop", "keep"), default="drop",
                    help="a disease the ontology does not know: drop it (default) or keep the bare name")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -39,6 +39,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 
 from .lexicon import ConceptLexicon, Extraction, LexiconExtractor, Ontology
@@ -75,19 +76,92 @@ Example answer: {{"disease": "contact dermatitis", "concepts": ["vesicle", "eryt
 _NO_DISEASE = {"", "none", "null", "n/a", "na", "unknown", "no definitive diagnosis", "[no definitive diagnosis]"}
 
 
-def build_messages(caption: str, vocabulary: Sequence[str]) -> list[dict[str, str]]:
-    """The chat messages for one caption."""
+# --- prompts ---------------------------------------------------------------------------------------------------------
+ANSWER_KINDS = ("json", "disease", "concepts")
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """One chat request per caption. ``user`` is a ``str.format`` template with ``{caption}`` (required) and
+    ``{vocabulary}`` (optional; literal braces written ``{{ }}``). ``answer``: 'json' (one object with "disease"
+    and "concepts", ``parse_answer``), 'disease' (one term in square brackets, e.g. "[Psoriasis]" or
+    "[No definitive diagnosis]") or 'concepts' (a bracketed comma list, e.g. "[papule, crust]" or
+    "[No matching attributes]"); with bracket answers the last bracketed group of the reply is read."""
+
+    system: str
+    user: str
+    answer: str = "json"
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """The prompts of the extractor: a name (part of the cache key) and one or more requests per caption."""
+
+    name: str
+    requests: tuple[PromptRequest, ...]
+
+
+DEFAULT_PROMPT = PromptSpec(PROMPT_VERSION, (PromptRequest(SYSTEM_PROMPT, USER_TEMPLATE, "json"),))
+
+
+def load_prompt_file(path: str | os.PathLike) -> PromptSpec:
+    """A prompt file (JSON): ``{"name": str, "requests": [{"system": str, "user": str, "answer": kind}, ...]}``.
+    Either one 'json' request, or a 'disease' and/or a 'concepts' request (as the paper's two prompts). Raises
+    ValueError naming the file and the field."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the prompt file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"].strip():
+        raise ValueError(f"{path}: needs a non-empty string 'name'")
+    reqs = data.get("requests")
+    if not isinstance(reqs, list) or not reqs:
+        raise ValueError(f"{path}: needs a non-empty list 'requests'")
+    out = []
+    for i, r in enumerate(reqs):
+        where = f"{path}: requests[{i}]"
+        if not isinstance(r, dict) or set(r) - {"system", "user", "answer"}:
+            raise ValueError(f"{where}: an object with keys system, user, answer only")
+        for k in ("system", "user"):
+            if not isinstance(r.get(k), str):
+                raise ValueError(f"{where}.{k}: must be a string")
+        answer = r.get("answer", "json")
+        if answer not in ANSWER_KINDS:
+            raise ValueError(f"{where}.answer: one of {ANSWER_KINDS}, got {answer!r}")
+        try:
+            r["user"].format(caption="", vocabulary="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"{where}.user: bad template ({e!r}); use {{caption}}, {{vocabulary}}, and {{{{ }}}} for "
+                             "literal braces") from None
+        if "{caption}" not in r["user"]:
+            raise ValueError(f"{where}.user: the template has no {{caption}}")
+        out.append(PromptRequest(r["system"], r["user"], answer))
+    kinds = [q.answer for q in out]
+    if ("json" in kinds and len(kinds) > 1) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"{path}: requests must be one 'json' request, or at most one 'disease' and one "
+                         f"'concepts' request; got {kinds}")
+    return PromptSpec(data["name"].strip(), tuple(out))
+
+
+def build_messages(caption: str, vocabulary: Sequence[str],
+                   request: PromptRequest = DEFAULT_PROMPT.requests[0]) -> list[dict[str, str]]:
+    """The chat messages of one request for one caption."""
     vocab = ", ".join(f'"{v}"' for v in vocabulary)
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": USER_TEMPLATE.format(caption=caption.strip(), vocabulary=vocab)},
+        {"role": "system", "content": request.system},
+        {"role": "user", "content": request.user.format(caption=caption.strip(), vocabulary=vocab)},
     ]
 
 
-def prompt_version(vocabulary: Sequence[str]) -> str:
-    """``PROMPT_VERSION`` plus a short hash of the vocabulary (a changed vocabulary is a changed prompt)."""
+def prompt_version(vocabulary: Sequence[str], spec: PromptSpec = DEFAULT_PROMPT) -> str:
+    """The prompt's name plus a short hash of the vocabulary (a changed vocabulary is a changed prompt) and, for
+    a prompt file, of its requests (a changed prompt text is a changed prompt)."""
     h = hashlib.sha256("\n".join(vocabulary).encode()).hexdigest()[:10]
-    return f"{PROMPT_VERSION}+{h}"
+    if spec == DEFAULT_PROMPT:
+        return f"{PROMPT_VERSION}+{h}"
+    body = json.dumps([dataclasses.astuple(r) for r in spec.requests], ensure_ascii=False)
+    return f"{spec.name}+{h}+{hashlib.sha256(body.encode()).hexdigest()[:10]}"
 
 
 def cache_key(model: str, version: str, caption: str) -> str:
@@ -209,6 +283,36 @@ def _parse_answer(text: str | None, lexicon: ConceptLexicon) -> ParsedAnswer:
         else:
             kept.setdefault(canon, None)
     return ParsedAnswer(True, disease, list(kept), dropped)
+
+
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+_NO_CONCEPTS = {"", "no matching attributes", "none", "n/a"}
+
+
+def _last_bracketed(text: str) -> str | None:
+    found = _BRACKETS.findall(text or "")
+    return found[-1].strip() if found else None
+
+
+def parse_disease_answer(text: str) -> ParsedAnswer:
+    """A 'disease' answer: the last "[...]" of the reply is the diagnosis ("[No definitive diagnosis]": none)."""
+    inner = _last_bracketed(text)
+    if inner is None:
+        return ParsedAnswer(False, error="no [bracketed] diagnosis in the answer")
+    disease = " ".join(inner.split()).strip(" .")
+    return ParsedAnswer(True, None if disease.lower() in _NO_DISEASE else disease)
+
+
+def parse_concepts_answer(text: str, lexicon: ConceptLexicon) -> ParsedAnswer:
+    """A 'concepts' answer: the last "[a, b, ...]" of the reply, each term mapped to the vocabulary as in
+    ``parse_answer`` ("[No matching attributes]": none)."""
+    inner = _last_bracketed(text)
+    if inner is None:
+        return ParsedAnswer(False, error="no [bracketed] attribute list in the answer")
+    if inner.lower().strip(" .") in _NO_CONCEPTS:
+        return ParsedAnswer(True, None, [])
+    terms = [t.strip().strip("'\"") for t in inner.split(",") if t.strip()]
+    return parse_answer(json.dumps({"disease": None, "concepts": terms}), lexicon)
 
 
 # --- HTTP client ---------------------------------------------------------------------------------------------------
@@ -424,6 +528,7 @@ class LLMExtractor:
         cache_path: str | os.PathLike | None = None,
         unknown_disease: str = "drop",
         sleep: Callable[[float], None] = time.sleep,
+        prompt: PromptSpec = DEFAULT_PROMPT,
     ):
         if unknown_disease not in ("drop", "keep"):
             raise ValueError("unknown_disease must be 'drop' or 'keep'")
@@ -432,7 +537,8 @@ class LLMExtractor:
         self.client = ChatClient(config, sleep=sleep)
         self.cache = AnswerCache(cache_path)
         self.vocabulary = list(lexicon.concepts.concepts)
-        self.version = prompt_version(self.vocabulary)
+        self.prompt = prompt
+        self.version = prompt_version(self.vocabulary, prompt)
         self.unknown_disease = unknown_disease
         self.stats = LLMStats()
         self._lock = threading.Lock()
@@ -440,20 +546,46 @@ class LLMExtractor:
     def close(self) -> None:
         self.cache.close()
 
-    def _answer(self, caption: str) -> tuple[str | None, str]:
-        """(raw answer or None, failure reason)."""
-        key = cache_key(self.config.model, self.version, caption)
+    def _answer(self, caption: str, k: int = 0) -> tuple[str | None, str]:
+        """(raw answer to request k of the prompt or None, failure reason)."""
+        version = self.version if k == 0 else f"{self.version}#{k}"
+        key = cache_key(self.config.model, version, caption)
         hit = self.cache.get(key)
         if hit is not None:
             with self._lock:
                 self.stats.cache_hits += 1
             return hit, ""
         try:
-            content = self.client.complete(build_messages(caption, self.vocabulary))
+            content = self.client.complete(build_messages(caption, self.vocabulary, self.prompt.requests[k]))
         except LLMError as e:
             return None, str(e)
-        self.cache.put(key, self.config.model, self.version, content)
+        self.cache.put(key, self.config.model, version, content)
         return content, ""
+
+    def _parsed(self, caption: str) -> tuple[ParsedAnswer | None, str]:
+        """The prompt's requests for one caption, parsed and combined (None and the reason on any failure)."""
+        disease, concepts, dropped = None, [], []
+        for k, request in enumerate(self.prompt.requests):
+            raw, failure = self._answer(caption, k)
+            if raw is None:
+                with self._lock:
+                    self.stats.request_failures += 1
+                return None, f"llm request failed: {failure}"
+            if request.answer == "json":
+                parsed = parse_answer(raw, self.lexicon.concepts)
+            elif request.answer == "disease":
+                parsed = parse_disease_answer(raw)
+            else:
+                parsed = parse_concepts_answer(raw, self.lexicon.concepts)
+            if not parsed.ok:
+                with self._lock:
+                    self.stats.parse_failures += 1
+                return None, f"llm answer rejected: {parsed.error}"
+            if request.answer in ("json", "disease"):
+                disease = parsed.disease
+            if request.answer in ("json", "concepts"):
+                concepts, dropped = parsed.concepts, parsed.dropped
+        return ParsedAnswer(True, disease, concepts, dropped), ""
 
     def _disease_path(self, name: str) -> tuple[str | None, str, str]:
         """(canonical disease or None, path text, note)."""
@@ -473,16 +605,9 @@ class LLMExtractor:
     def extract(self, caption: str) -> Extraction:
         with self._lock:
             self.stats.captions += 1
-        raw, failure = self._answer(caption)
-        if raw is None:
-            with self._lock:
-                self.stats.request_failures += 1
-            return self._fallback(caption, f"llm request failed: {failure}")
-        parsed = parse_answer(raw, self.lexicon.concepts)
-        if not parsed.ok:
-            with self._lock:
-                self.stats.parse_failures += 1
-            return self._fallback(caption, f"llm answer rejected: {parsed.error}")
+        parsed, failure = self._parsed(caption)
+        if parsed is None:
+            return self._fallback(caption, failure)
         with self._lock:
             self.stats.answered += 1
             self.stats.dropped_concepts += len(parsed.dropped)
