@@ -34,8 +34,7 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("make_jax", "make_jax.train", "make_jax.data"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("make_jax").setLevel(logging.INFO)
     logging.getLogger("make_jax").addHandler(handler)
     logging.getLogger("make_jax").propagate = False
     from make_jax.train.loop import InitFromError, check_init_from

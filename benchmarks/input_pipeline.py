@@ -8,7 +8,7 @@ Usage:
 
 1. Builds a synthetic MAKE CSV (texts from tests/golden/MAKE_training_example.csv) and photo-like source images
    (640x480 and 480x640 JPEGs: smooth shading, blotches, fine texture and sensor noise), and converts them with
-   ``make_jax.data.convert`` (``--shorter-side``, JPEG q95, all cores) — conversion speed is printed too.
+   ``make_jax.records.convert`` (``--shorter-side``, JPEG q95, all cores) — conversion speed is printed too.
 2. Runs ``train_dataset`` in one process with no worker processes and no threads (read_threads=0,
    prefetch_batches=0): every image is read, its record parsed, the JPEG decoded, RandomResizedCrop + colour
    jitter (p=0.8) + grayscale (p=0.2) applied and the batch stacked on one core. Reported: wall images/s and
@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from make_jax.data import convert as C  # noqa: E402
+from make_jax.records import convert as C  # noqa: E402
 from make_jax.data import pipeline as P  # noqa: E402
 from make_jax.data import records as R  # noqa: E402
 from make_jax.data import transforms as T  # noqa: E402

@@ -1,4 +1,4 @@
-"""Throughput of the SynthDerm generator (make_jax.data.synthderm).
+"""Throughput of the SynthDerm generator (make_jax.synthderm).
 
 Usage:
     python benchmarks/synthderm_speed.py [--n 10000] [--image-size 96] [--format png] [--workers 1 2] [--seed 0]
@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from make_jax.data.synthderm import SynthDermConfig, draw_case, generate, make_item  # noqa: E402
-from make_jax.data.synthderm.layouts import encode_image  # noqa: E402
+from make_jax.synthderm import SynthDermConfig, draw_case, generate, make_item  # noqa: E402
+from make_jax.synthderm.layouts import encode_image  # noqa: E402
 
 
 def cpu_seconds(children: bool = False) -> float:

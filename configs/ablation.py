@@ -8,26 +8,9 @@ The base is the demo setting (small model, SynthDerm) unless `base=paper` is giv
 (`configs/ablation.py:row=make,base=paper`): then it is the full recipe of configs/make_vit_b16.py.
 """
 
-import dataclasses
-
 from configs import demo
 from configs.common import base_config
-from make_jax.losses import SIGLIP_ROWS, TABLE3, LossConfig
-
-# Row name → LossConfig (the paper's Table 3 rows as make_jax.losses.TABLE3 defines them, and the SigLIP baselines
-# of its Tables 1-2). `clip_dagger` / `siglip_dagger` train on the Derm1M† text (raw caption + disease + concept
-# texts in one) as their single positive.
-ROWS = {
-    "clip": TABLE3["clip"],
-    "clip_dagger": TABLE3["clip_dagger"],
-    "mkcl_knowledge": TABLE3["mkcl#"],
-    "mkcl": TABLE3["mkcl"],
-    "mkcl_slra": TABLE3["mkcl+slra"],
-    "make": TABLE3["make"],
-    "siglip": SIGLIP_ROWS["siglip"],
-    "siglip_dagger": SIGLIP_ROWS["siglip_dagger"],
-    "official": LossConfig(mode="official", positives="all", slra=True, dkw=True, dkw_norm="softmax"),
-}
+from make_jax.train.sweep import ROWS, apply_row
 
 
 def _parse(arg: str | None) -> dict:
@@ -39,18 +22,6 @@ def _parse(arg: str | None) -> dict:
         elif out.get("rows") is not None and part.strip():  # rows=clip,make continues past the first comma
             out["rows"] += "," + part.strip()
     return out
-
-
-def apply_row(config, row: str):
-    if row not in ROWS:
-        raise ValueError(f"unknown ablation row {row!r}; known: {sorted(ROWS)}")
-    loss = ROWS[row]
-    for k, v in dataclasses.asdict(loss).items():
-        if k in config.loss:
-            config.loss[k] = v
-    config.data.slot0 = "dagger" if loss.positives == "clip_dagger" else "raw"
-    config.row = row
-    return config
 
 
 def get_config(arg: str | None = None):

@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
         mode="paper", positives="all", slra=True, dkw=True, slra_lambda=0.7, sigma=0.0, dkw_norm="ratio",
         slra_grad_to_raw=True, objective="softmax"))
 
-    # Data: records written by `python -m make_jax.data.convert`.
+    # Data: records written by `python -m make_jax.records.convert`.
     c.data = ml_collections.ConfigDict(dict(
         records="", split="train", image_size=224, context_length=77, num_slots=11, slot0="raw",
         workers=8, prefetch=2, shuffle=True))
@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.tensorboard = True
     c.progress = True
+
+    # Data preparation steps run before training, {step: options} (make_jax.train.prepare.STEPS).
+    c.prepare = ml_collections.ConfigDict()
 
     # Periodic zero-shot evaluation on one set (empty csv: off).
     c.eval = ml_collections.ConfigDict(dict(every=0, csv="", images="", classnames="", batch_size=64))

@@ -19,13 +19,13 @@ def get_config():
     c.model.activation = "gelu"
     c.init_from = "scratch"  # a tiny model on synthetic data: no pretrained weights exist for it
 
-    # SynthDerm generation and records (done by launch.py when absent).
-    c.synthderm = dict(out="data/synthderm", seed=0, num_train=2000, num_val=200, image_size=80)
-    c.data.records = "data/synthderm/records"
+    # SynthDerm generation and its records, made before training when absent (make_jax/synthderm/prepare.py);
+    # the step points c.data.records at the converted dataset.
+    c.prepare.synthderm = dict(out="data/synthderm", records="data/synthderm/records", seed=0, num_train=2000,
+                               num_val=200, image_size=80, shorter_side=56)
     c.data.image_size = 32
     c.data.context_length = 32
     c.data.workers = 0
-    c.data.shorter_side = 56
 
     c.batch_size = 32
     c.epochs = 0.0
@@ -41,10 +41,11 @@ def get_config():
     c.checkpoint_every = 250
     c.keep_checkpoints = 2
 
-    # Zero-shot accuracy on SynthDerm's held-out set every 250 steps (logged under "eval" in metrics.jsonl);
-    # launch.py points eval.csv / eval.classnames at SynthDerm's zero-shot set when they are empty.
+    # Zero-shot accuracy on SynthDerm's held-out set every 250 steps (logged under "eval" in metrics.jsonl).
     c.eval.every = 250
+    c.eval.csv = "data/synthderm/zeroshot/test.csv"
+    c.eval.classnames = "data/synthderm/zeroshot/classnames.json"
 
-    # Evaluation of the export on SynthDerm's held-out sets (paths relative to c.synthderm.out).
+    # Evaluation of the export on SynthDerm's held-out sets (paths relative to c.prepare.synthderm.out).
     c.final_eval = dict(zero_shot=True, concepts=True, retrieval=True)
     return c

@@ -1,4 +1,4 @@
-"""All three evaluation tasks on a SynthDerm output folder (python -m make_jax.data.synthderm --out DIR):
+"""All three evaluation tasks on a SynthDerm output folder (python -m make_jax.synthderm --out DIR):
 
     python -m make_jax.evaluate --checkpoint ckpt/small --config configs/eval_synthderm.py:DIR --out sd.json
 """

@@ -6,8 +6,8 @@ import pytest
 @pytest.fixture(scope="session")
 def synthderm_small(tmp_path_factory):
     """(SynthDerm root, records dataset directory) — 48 training images of 40 px, shorter side 36 in records."""
-    from make_jax.data.convert import convert
-    from make_jax.data.synthderm import SynthDermConfig, generate
+    from make_jax.records.convert import convert
+    from make_jax.synthderm import SynthDermConfig, generate
 
     root = tmp_path_factory.mktemp("synthderm")
     generate(root, SynthDermConfig(seed=3, num_train=48, num_val=8, num_zeroshot=32, num_concepts=24,
@@ -25,7 +25,7 @@ def tiny_train_config(records: str, **overrides):
     from configs.demo import get_config
 
     c = get_config()
-    del c["synthderm"]
+    del c.prepare["synthderm"]
     c.model.name = "tiny"
     c.data.records = records
     c.data.image_size = 32

@@ -686,7 +686,7 @@ def test_cli_bad_input_messages(tiny, tmp_path, capsys):
 
 def test_synthderm_output_through_the_eval_config(tiny, tmp_path):
     """SynthDerm's three evaluation layouts, read through configs/eval_synthderm.py and run with the tiny encoder."""
-    from make_jax.data.synthderm import SynthDermConfig, generate
+    from make_jax.synthderm import SynthDermConfig, generate
 
     _, enc, _ = tiny
     sd = tmp_path / "sd"

@@ -1,5 +1,5 @@
-"""Knowledge-set construction: the CLI/orchestration (make_jax.data.knowledge), the offline lexicon extractor
-(make_jax.data.lexicon) and the CSV helpers (make_jax.data.csv_io).
+"""Knowledge-set construction: the CLI/orchestration (make_jax.knowledge), the offline lexicon extractor
+(make_jax.knowledge.lexicon) and the CSV helpers (make_jax.records.csv_io).
 
 Expected values come from the 10 real MAKE rows (tests/golden/MAKE_training_example.csv) or are written by hand
 from the documented rules.
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from make_jax.data import csv_io
-from make_jax.data.csv_io import MAKE_OUTPUT_COLUMNS, format_mask, parse_mask, split_list_field
-from make_jax.data.knowledge import knowledge_columns, main
-from make_jax.data.lexicon import ConceptLexicon, LexiconExtractor, Ontology, is_negated
-from make_jax.data.sentences import TextBudget
+from make_jax.records import csv_io
+from make_jax.records.csv_io import MAKE_OUTPUT_COLUMNS, format_mask, parse_mask, split_list_field
+from make_jax.knowledge.builder import knowledge_columns, main
+from make_jax.knowledge.lexicon import ConceptLexicon, LexiconExtractor, Ontology, is_negated
+from make_jax.knowledge.sentences import TextBudget
 
 GOLDEN = Path(__file__).parent / "golden" / "MAKE_training_example.csv"
 DERM1M_COLUMNS = ["filename", "caption", "source", "standardized_disease", "ontology_final", "skin_concept_standarized"]

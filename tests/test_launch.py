@@ -100,12 +100,14 @@ def test_sweep_runs_rows_with_identical_data_and_writes_one_table(synthderm_smal
 
     root, records = synthderm_small
     config = get_config("rows=clip,siglip,make")
-    config.synthderm.out = str(root)
-    config.synthderm.records = str(root / "records")
+    config.prepare.synthderm.out = str(root)
+    config.prepare.synthderm.records = str(root / "records")
+    config.prepare.synthderm.shorter_side = 36
+    config.eval.csv = str(root / "zeroshot" / "test.csv")
+    config.eval.classnames = str(root / "zeroshot" / "classnames.json")
     config.model.name = "tiny"
     config.data.image_size = 32
     config.data.context_length = 16
-    config.data.shorter_side = 36
     config.data.prefetch = 0
     config.batch_size = 8
     config.total_steps = 3

@@ -1,4 +1,4 @@
-"""The optional LLM extractor (make_jax.data.llm_extract): answer parsing on recorded answers, and the HTTP path
+"""The optional LLM extractor (make_jax.knowledge.llm_extract): answer parsing on recorded answers, and the HTTP path
 against a local fake OpenAI-compatible server (http.server on 127.0.0.1, in a thread). No real endpoint is used.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from make_jax.data.knowledge import main
-from make_jax.data.lexicon import ConceptLexicon, LexiconExtractor, Ontology
-from make_jax.data.llm_extract import (
+from make_jax.knowledge.builder import main
+from make_jax.knowledge.lexicon import ConceptLexicon, LexiconExtractor, Ontology
+from make_jax.knowledge.llm_extract import (
     PROMPT_VERSION,
     LLMConfig,
     LLMExtractor,

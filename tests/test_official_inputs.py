@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from make_jax.data import convert as C
+from make_jax.records import convert as C
 from make_jax.data import pipeline as P
 from make_jax.data import records as R
 from make_jax.tokenizer import tokenize

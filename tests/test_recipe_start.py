@@ -37,7 +37,7 @@ def test_demo_and_its_ablation_rows_start_from_scratch_explicitly():
 
 
 def test_siglip_row_from_a_clip_checkpoint_trains_its_bias(synthderm_small, tmp_path):
-    from configs.ablation import apply_row
+    from make_jax.train.sweep import apply_row
     from make_jax.checkpoint import load_params, read_config, save_checkpoint
     from make_jax.train.loop import train
 

@@ -1,4 +1,4 @@
-"""Records and the converter (make_jax.data.records, make_jax.data.convert).
+"""Records and the converter (make_jax.data.records, make_jax.records.convert).
 
 The 10 real MAKE rows (tests/golden/MAKE_training_example.csv) get small synthetic images; expected values come
 from the CSV itself (texts, masks, the `augmented_caption` column for the Derm1M† text), from the tokenizer run on
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from make_jax.data import convert as C
+from make_jax.records import convert as C
 from make_jax.data import records as R
 from make_jax.tokenizer import tokenize_with_lengths
 

@@ -47,7 +47,8 @@ DRIVER = textwrap.dedent("""
     from configs.demo import get_config
     config = get_config()
     config.update_from_flattened_dict(json.loads(os.environ["OVERRIDES"]))
-    del config["synthderm"]
+    del config.prepare["synthderm"]
+    config.eval.every = 0
     START = 0
     ckdir = os.path.join(sys.argv[1], "checkpoints")
     if os.path.isdir(ckdir):

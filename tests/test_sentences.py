@@ -1,4 +1,4 @@
-"""Sentence splitting, the >8 merge rule and caption truncation (make_jax.data.sentences).
+"""Sentence splitting, the >8 merge rule and caption truncation (make_jax.knowledge.sentences).
 
 Expected values come from the MAKE example rows (tests/golden/MAKE_training_example.csv) or are written by hand
 from the documented rules.
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from make_jax.data.sentences import (
+from make_jax.knowledge.sentences import (
     TextBudget,
     merge_to_limit,
     sentence_spans,

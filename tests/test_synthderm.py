@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from make_jax.data.synthderm import SynthDermConfig, draw_case, generate, make_item, vocab
-from make_jax.data.synthderm.generate import allocate
+from make_jax.synthderm import SynthDermConfig, draw_case, generate, make_item, vocab
+from make_jax.synthderm.generate import allocate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_CSV = os.path.join(ROOT, "tests", "golden", "MAKE_training_example.csv")
@@ -462,7 +462,7 @@ def test_allocate_covers_every_class_and_follows_the_weights():
 
 
 def test_png_writer_round_trips(tmp_path):
-    from make_jax.data.synthderm.layouts import encode_png
+    from make_jax.synthderm.layouts import encode_png
 
     img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     decoded = np.asarray(Image.open(io.BytesIO(encode_png(img))))
@@ -471,7 +471,7 @@ def test_png_writer_round_trips(tmp_path):
 
 def test_cli_jpeg(tmp_path):
     out = tmp_path / "sd"
-    cmd = [sys.executable, "-m", "make_jax.data.synthderm", "--out", str(out), "--seed", "2", "--num-train", "6",
+    cmd = [sys.executable, "-m", "make_jax.synthderm", "--out", str(out), "--seed", "2", "--num-train", "6",
            "--num-val", "2", "--num-zeroshot", "16", "--num-concepts", "3", "--num-retrieval", "2",
            "--image-size", "48", "--format", "jpg", "--quiet"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -1,4 +1,4 @@
-"""The Grain input pipeline over converted MAKE records (``make_jax.data.convert``).
+"""The Grain input pipeline over converted MAKE records (``make_jax.records.convert``).
 
     from make_jax.data.pipeline import PipelineConfig, train_dataset, eval_dataset
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from make_jax.tokenizer import EOT_ID
 
-from .aspects import NUM_SLOTS, SLOT_RAW
+from .schema import NUM_SLOTS, SLOT_RAW
 from .records import CONTEXT_LENGTH, PIPELINE_FIELDS, TRAIN, VALIDATION, RecordSource, decode_record
 from .transforms import TrainTransformConfig, decode_image, eval_transform, normalize, train_transform
 

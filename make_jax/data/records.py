@@ -46,27 +46,16 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .aspects import NUM_SLOTS
+from .schema import DERM1M_COLUMNS, NUM_SLOTS
 
 CONTEXT_LENGTH = 77
 DEFAULT_NAME = "make_derm"
 FILE_FORMAT = "array_record"
 TRAIN, VALIDATION = "train", "validation"
 
-#: Metadata columns copied verbatim from the CSV into each record ('' when the CSV lacks the column).
-METADATA_COLUMNS: tuple[str, ...] = (
-    "filename",
-    "caption",
-    "source",
-    "source_type",
-    "standardized_disease",
-    "ontology_final",
-    "skin_concept_standarized",
-    "body_location",
-    "symptoms",
-    "age",
-    "gender",
-)
+#: Metadata columns copied verbatim from the CSV into each record ('' when the CSV lacks the column): the
+#: Derm1M columns but the truncated caption, which is the raw slot's text.
+METADATA_COLUMNS: tuple[str, ...] = tuple(c for c in DERM1M_COLUMNS if c != "truncated_caption")
 
 # name -> (kind, shape); kinds: bytes, str, str_list, int, int_array, bool_array
 SCHEMA: dict[str, tuple[str, tuple[int, ...]]] = {

@@ -5,15 +5,7 @@ differences from the public PyTorch code.
 """
 
 from .api import TERM_NAMES, dense_layout, make_loss
-from .config import (
-    FIRST_SUBTEXT,
-    SLOT_CONCEPT,
-    SLOT_DISEASE,
-    SIGLIP_ROWS,
-    SLOT_RAW,
-    TABLE3,
-    LossConfig,
-)
+from .config import SIGLIP_ROWS, TABLE3, LossConfig
 from .official import (
     official_clip_loss,
     official_dkw_weights,
@@ -24,13 +16,9 @@ from .paper import paper_loss
 from .siglip import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, siglip_loss
 
 __all__ = [
-    "FIRST_SUBTEXT",
     "SIGLIP_LOGIT_BIAS_INIT",
     "SIGLIP_LOGIT_SCALE_INIT",
     "SIGLIP_ROWS",
-    "SLOT_CONCEPT",
-    "SLOT_DISEASE",
-    "SLOT_RAW",
     "TABLE3",
     "TERM_NAMES",
     "LossConfig",

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .common import compute_dtype
-from .config import NUM_KNOWLEDGE_SLOTS, SLOT_RAW, LossConfig
+from make_jax.data.schema import NUM_KNOWLEDGE, SLOT_RAW
+
+from .config import LossConfig
 from .official import official_clip_loss, official_knowledge_embedding, official_loss_from_ek
 from .paper import paper_loss, text_mask
 from .siglip import siglip_loss
@@ -55,10 +57,10 @@ def _official(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, c
         if config.dkw:
             raise ValueError("official mode: dkw needs subtext slots (positives='all'); "
                              "the public code fails with --use_disease_specific_weight and no subcaptions")
-        k = NUM_KNOWLEDGE_SLOTS
+        k = NUM_KNOWLEDGE
         text = text.reshape(b, n, d)[:, :k].reshape(b * k, d)
         mask = mask[:, :k]
-    elif config.dkw and n <= NUM_KNOWLEDGE_SLOTS:
+    elif config.dkw and n <= NUM_KNOWLEDGE:
         raise ValueError("official mode: dkw needs N > 3 text slots")
     if config.slra:
         ek = official_knowledge_embedding(patch_emb, text, config.sigma, config.slra_grad_to_raw)

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-# Text slots of one image (MAKE_SPEC §1).
-SLOT_RAW = 0
-SLOT_DISEASE = 1
-SLOT_CONCEPT = 2
-FIRST_SUBTEXT = 3
-NUM_KNOWLEDGE_SLOTS = 3
+from make_jax.data.schema import NUM_KNOWLEDGE, SLOT_RAW
 
 MODES = ("paper", "official")
 POSITIVES = ("clip_raw", "clip_dagger", "knowledge", "all")
@@ -85,7 +80,7 @@ class LossConfig:
         if self.is_clip:
             return SLOT_RAW
         if self.positives == "knowledge":
-            return NUM_KNOWLEDGE_SLOTS - 1
+            return NUM_KNOWLEDGE - 1
         return None
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .common import compute_dtype, masked_mean_std, masked_weighted_mean
-from .config import FIRST_SUBTEXT, NUM_KNOWLEDGE_SLOTS
+from make_jax.data.schema import FIRST_SUBTEXT, NUM_KNOWLEDGE
 
 _F_NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize default eps
 
@@ -63,7 +63,7 @@ def official_dkw_weights(text_emb, mask):
     """
     t = jax.lax.stop_gradient(jnp.asarray(text_emb))
     b, n = mask.shape
-    k = n - NUM_KNOWLEDGE_SLOTS
+    k = n - NUM_KNOWLEDGE
     if k < 1:
         raise ValueError("diagnosis weights need subtext slots (N > 3); the public code fails there too")
     if t.shape[0] != b * n:
@@ -71,9 +71,9 @@ def official_dkw_weights(text_emb, mask):
     ct = compute_dtype(t)
     t = t.astype(ct)
     ontology = t[b : 2 * b]  # (B, D)
-    sub = t[NUM_KNOWLEDGE_SLOTS * b :].reshape(k, b, -1)  # (K, B, D): chunk 3+k, position i
+    sub = t[NUM_KNOWLEDGE * b :].reshape(k, b, -1)  # (K, B, D): chunk 3+k, position i
     g = jnp.einsum("bd,kbd->bk", ontology, sub)  # (B, K) the diagonal of the (B, K, B) reshape
-    sub_ok = mask[:, NUM_KNOWLEDGE_SLOTS:] > 0.5
+    sub_ok = mask[:, NUM_KNOWLEDGE:] > 0.5
     gmax = jnp.max(jnp.where(sub_ok, g, -jnp.inf), axis=1, keepdims=True)
     has = jnp.isfinite(gmax)
     gmax = jnp.where(has, gmax, 0.0)
@@ -83,7 +83,7 @@ def official_dkw_weights(text_emb, mask):
     scaler = jnp.max(p, axis=1, keepdims=True)
     p = jnp.where(has, p / jnp.where(has, scaler, 1.0), 0.0)  # / torch.max(dim=1)
     p = jnp.where(mask[:, 1:2] > 0.5, p, 1.0)  # ontology masked -> 1
-    w = jnp.concatenate([jnp.ones((b, NUM_KNOWLEDGE_SLOTS), ct), p], axis=1)
+    w = jnp.concatenate([jnp.ones((b, NUM_KNOWLEDGE), ct), p], axis=1)
     return jax.lax.stop_gradient(w)
 
 

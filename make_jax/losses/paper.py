@@ -22,7 +22,9 @@ from .common import (
     safe_divide,
     safe_l2_normalize,
 )
-from .config import FIRST_SUBTEXT, SLOT_DISEASE, SLOT_RAW, LossConfig
+from make_jax.data.schema import FIRST_SUBTEXT, SLOT_DISEASE, SLOT_RAW
+
+from .config import LossConfig
 
 
 def text_mask(owner, slot, valid, num_images: int, config: LossConfig) -> jax.Array:

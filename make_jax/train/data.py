@@ -27,7 +27,7 @@ def make_train_data(config, process_index: int, process_count: int):
     d = config.data
     if not d.records:
         raise ValueError("config.data.records is empty: point it at a dataset written by "
-                         "`python -m make_jax.data.convert` (see docs/data.md)")
+                         "`python -m make_jax.records.convert` (see docs/data.md)")
     dataset = train_dataset(d.records, global_batch_size=config.batch_size, config=pipeline_config(config),
                             split=d.get("split", "train"))
     return iter(dataset), num_records(d.records, d.get("split", "train"))

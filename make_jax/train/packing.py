@@ -56,7 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from make_jax.losses import FIRST_SUBTEXT, LossConfig, make_loss
+from make_jax.data.schema import FIRST_SUBTEXT
+from make_jax.losses import LossConfig, make_loss
 from make_jax.models import CLIP
 from make_jax.train.step import ModelFunctions, TrainState, apply_gradients, normalize_images, slots_to_encode
 

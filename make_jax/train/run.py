@@ -1,44 +1,16 @@
-"""What `launch.py` runs: data preparation for the demo, training, the final evaluation, and ablation sweeps."""
+"""What `launch.py` runs: the config's data preparation steps, training, the final evaluation, and ablation sweeps."""
 
 from __future__ import annotations
 
-import copy
-import csv
 import json
 import logging
 from pathlib import Path
 
+from make_jax.train import sweep
 from make_jax.train.loop import train
+from make_jax.train.prepare import run_prepare
 
 logger = logging.getLogger("make_jax.train")
-
-
-# ---- SynthDerm preparation (demo configs) -------------------------------------------------------------------
-
-def prepare_synthderm(config) -> None:
-    """Generates SynthDerm and its records when absent, and points `config.data.records` at them."""
-    if "synthderm" not in config or not config.synthderm:
-        return
-    from make_jax.data.convert import convert
-    from make_jax.data.synthderm import SynthDermConfig, generate
-
-    sd = config.synthderm
-    out = Path(sd.out)
-    if not (out / "synthderm.json").is_file():
-        logger.info("generating SynthDerm in %s", out)
-        generate(out, SynthDermConfig(seed=sd.seed, num_train=sd.num_train, num_val=sd.num_val,
-                                      image_size=sd.image_size), workers=1, progress=config.get("progress", True))
-    records_root = Path(sd.get("records", str(out / "records")))
-    result = convert(str(out / "make" / "train.csv"), str(out / "make"), str(records_root),
-                     val_csv=str(out / "make" / "val.csv"), shorter_side=config.data.get("shorter_side", 256),
-                     workers=config.data.get("convert_workers", None), progress=config.get("progress", True),
-                     log=logger.info)
-    if not result.complete:
-        raise RuntimeError(f"record conversion of {out} did not complete; rerun to resume")
-    config.data.records = result.directory
-    if config.eval.get("every") and not config.eval.get("csv"):
-        config.eval.csv = str(out / "zeroshot" / "test.csv")
-        config.eval.classnames = str(out / "zeroshot" / "classnames.json")
 
 
 # ---- evaluation of the export -------------------------------------------------------------------------------
@@ -50,9 +22,9 @@ def final_evaluation(config, export_dir: str, out_json: Path) -> dict:
     from make_jax.evaluate.cli import headline, write_json
 
     fe = config.get("final_eval") or {}
-    if not fe or "synthderm" not in config:
+    if not fe or "synthderm" not in config.prepare:
         return {}
-    root = Path(config.synthderm.out)
+    root = Path(config.prepare.synthderm.out)
     encoder = make_jax.load(export_dir, batch_size=config.eval.get("batch_size", 64))
     progress = config.get("progress", True)
     results = {}
@@ -76,7 +48,7 @@ def final_evaluation(config, export_dir: str, out_json: Path) -> dict:
 
 def run(config, workdir: str | Path) -> dict:
     workdir = Path(workdir)
-    prepare_synthderm(config)
+    run_prepare(config)
     result = train(config, workdir)
     if result.get("export"):
         result["eval"] = final_evaluation(config, result["export"], workdir / "eval.json")
@@ -87,42 +59,6 @@ def run(config, workdir: str | Path) -> dict:
 
 
 def run_sweep(config, workdir: str | Path) -> list[dict]:
-    """Every row of `config.sweep_rows`, with identical data order and seeds, each in WORKDIR/<row>; then one
-    table (WORKDIR/sweep.md and sweep.csv): row, final loss terms, zero-shot accuracy, concept AUROC, R@10."""
-    from configs.ablation import apply_row
-
-    workdir = Path(workdir)
-    prepare_synthderm(config)
-    rows = [r for r in str(config.get("sweep_rows", "")).split(",") if r]
-    if not rows:
-        raise ValueError("config.sweep_rows is empty: use configs/ablation.py (rows=clip,make,...)")
-    table = []
-    for row in rows:
-        cfg = apply_row(copy.deepcopy(config), row)
-        logger.info("sweep row %s", row)
-        result = run(cfg, workdir / row)
-        ev = result.get("eval", {})
-        m = result.get("metrics", {})
-        table.append({
-            "row": row, "loss": m.get("loss"), "mkcl": m.get("mkcl"), "slra": m.get("slra"),
-            "zero_shot_top1": ev.get("zero_shot", {}).get("top1"),
-            "concept_auroc": ev.get("concepts", {}).get("mean_auroc"),
-            "retrieval_r10_i2t": ev.get("retrieval", {}).get("i2t_R@10"),
-            "retrieval_r10_t2i": ev.get("retrieval", {}).get("t2i_R@10"),
-        })
-    write_sweep_table(table, workdir)
-    return table
-
-
-def write_sweep_table(table: list[dict], workdir: Path) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    keys = list(table[0])
-    with open(workdir / "sweep.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(table)
-    fmt = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in table]
-    (workdir / "sweep.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    """The ablation rows of `config.sweep_rows` in turn (make_jax.train.sweep), each through `run` (whose data
+    preparation finds the data already made after the first row)."""
+    return sweep.run_sweep(config, workdir, run)

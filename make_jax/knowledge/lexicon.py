@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
-from .csv_io import is_missing, split_list_field
+from make_jax.records.csv_io import is_missing, split_list_field
 
 # --- concept vocabulary --------------------------------------------------------------------------------------------
 #: (concept, synonym) pairs of ConceptTerms.json not used for text matching, and why.

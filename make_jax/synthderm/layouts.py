@@ -1,7 +1,7 @@
 """Writers for the public layouts SynthDerm imitates: rows, CSV files, image files.
 
 - MAKE training CSV (`MAKE_COLUMNS`, the column order of tests/golden/MAKE_training_example.csv);
-- Derm1M-release-like table (`DERM1M_COLUMNS`: caption + metadata, knowledge only where "extracted");
+- Derm1M-release-like table (`make_jax.data.schema.DERM1M_COLUMNS`: caption + metadata, knowledge only where "extracted");
 - zero-shot `filename,label` CSV and class-name JSON;
 - SkinCon `meta.csv` (`ImageID` + one 0/1 column per concept) and `concept_list.txt`;
 - retrieval `filename,caption` CSV (SkinCAP-like).
@@ -19,7 +19,8 @@ import zlib
 
 import numpy as np
 
-from .. import aspects
+from make_jax.data import schema
+from make_jax.knowledge import aspects
 from . import vocab
 
 MAKE_COLUMNS: tuple[str, ...] = (
@@ -39,24 +40,9 @@ MAKE_COLUMNS: tuple[str, ...] = (
     "visual_concept_caption",
     "ontology_caption",
     "sub_captions",
-    *(f"subcaption_{i}" for i in range(1, aspects.NUM_SUBTEXTS + 1)),
+    *(f"subcaption_{i}" for i in range(1, schema.NUM_SUBTEXTS + 1)),
     "sub_caption_mask",
     "knowledge_masks",
-)
-
-DERM1M_COLUMNS: tuple[str, ...] = (
-    "filename",
-    "caption",
-    "truncated_caption",
-    "source",
-    "source_type",
-    "standardized_disease",
-    "ontology_final",
-    "skin_concept_standarized",
-    "body_location",
-    "symptoms",
-    "age",
-    "gender",
 )
 
 NO_BODY = "No body location information"
@@ -77,7 +63,7 @@ def mask_str(bits) -> str:
 def truncate_sentences(sentences: list[str]) -> list[str]:
     out: list[str] = []
     words = 0
-    for s in sentences[: aspects.NUM_SUBTEXTS]:
+    for s in sentences[: schema.NUM_SUBTEXTS]:
         n = len(s.split())
         if out and words + n > TRUNCATE_WORDS:
             break
@@ -103,7 +89,7 @@ def metadata(case: dict, mentions: dict) -> dict:
 
 
 def make_row(filename: str, case: dict, cap: dict, has_disease: bool, has_concepts: bool) -> dict:
-    """One MAKE training-CSV row; knowledge from the ground truth through make_jax.data.aspects."""
+    """One MAKE training-CSV row; knowledge from the ground truth through make_jax.knowledge.aspects."""
     sentences = cap["sentences"]
     kept = truncate_sentences(sentences)
     caption = ". ".join(sentences) + "."
@@ -127,9 +113,9 @@ def make_row(filename: str, case: dict, cap: dict, has_disease: bool, has_concep
         "ontology_caption": d_text,
         "sub_captions": str(len(kept)),
     }
-    for i in range(aspects.NUM_SUBTEXTS):
+    for i in range(schema.NUM_SUBTEXTS):
         row[f"subcaption_{i + 1}"] = kept[i] if i < len(kept) else ""
-    row["sub_caption_mask"] = mask_str([i < len(kept) for i in range(aspects.NUM_SUBTEXTS)])
+    row["sub_caption_mask"] = mask_str([i < len(kept) for i in range(schema.NUM_SUBTEXTS)])
     row["knowledge_masks"] = mask_str([1, bool(d_text), bool(c_text)])
     return row
 
@@ -138,7 +124,7 @@ def derm1m_row(make: dict, case: dict, cap: dict, release_disease: bool) -> dict
     """Derm1M-release-like row: the caption, its metadata, the disease only where known to the release
     (`release_disease`), the concepts only as extracted from the caption (empty → "No visual concepts")."""
     m = cap["mentions"]
-    row = {k: make[k] for k in DERM1M_COLUMNS if k in make}
+    row = {k: make[k] for k in schema.DERM1M_COLUMNS if k in make}
     row["standardized_disease"] = make["standardized_disease"] if release_disease else ""
     row["ontology_final"] = make["ontology_final"] if release_disease else ""
     row["skin_concept_standarized"] = concept_list_text(m["concepts"])

@@ -1,6 +1,6 @@
 """MAKE training CSV + image folder → a versioned, sharded ArrayRecord dataset (TFDS layout, no TensorFlow).
 
-    python -m make_jax.data.convert --csv train.csv --images ROOT --out DIR \
+    python -m make_jax.records.convert --csv train.csv --images ROOT --out DIR \
         [--val-csv val.csv | --val-fraction 0.01] [--shorter-side 355] [--format jpeg|png] [--workers N] \
         [--shard-size 2048] [--name make_derm] [--version 1.0.0]
 
@@ -66,9 +66,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import csv_io
-from .aspects import DAGGER_ORDERS, NUM_KNOWLEDGE, NUM_SLOTS, NUM_SUBTEXTS, dagger_text
-from .records import (
+from make_jax.data.records import (
     CONTEXT_LENGTH,
     DEFAULT_NAME,
     FILE_FORMAT,
@@ -80,6 +78,10 @@ from .records import (
     features,
     shard_filename,
 )
+from make_jax.data.schema import NUM_KNOWLEDGE, NUM_SLOTS, NUM_SUBTEXTS, SLOT_NAMES
+from make_jax.knowledge.aspects import DAGGER_ORDERS, dagger_text
+
+from . import csv_io
 
 # RandomResizedCrop(224, scale 0.4-1) takes crops down to 40 % of the image's area: a square crop of a square
 # image stored at shorter side s is s·sqrt(0.4) px wide, so s >= 224 / sqrt(0.4) = 354.2 lets every such crop be
@@ -95,7 +97,6 @@ SLOT_COLUMNS: tuple[str, ...] = (
     csv_io.VISUAL_CONCEPT_CAPTION,
     *csv_io.SUBCAPTION_COLUMNS,
 )
-SLOT_NAMES: tuple[str, ...] = ("raw", "disease", "concept", *(f"subtext_{i}" for i in range(1, NUM_SUBTEXTS + 1)))
 REQUIRED_COLUMNS: tuple[str, ...] = ("filename", *SLOT_COLUMNS, csv_io.SUB_CAPTION_MASK, csv_io.KNOWLEDGE_MASKS)
 REJECT_COLUMNS = ("csv", "row", "file", "field", "code", "reason", "action")
 ROW_DROPPED = "row dropped"
@@ -735,7 +736,7 @@ def _finalize(directory, name, version, settings, plans, scans, complete, writte
             filename_template=tfds.core.ShardedFileTemplate(data_dir=directory, dataset_name=name,
                                                             filetype_suffix=FILE_FORMAT),
             check_data=False,
-            description="MAKE training images and their 11 text slots (make_jax.data.convert).",
+            description="MAKE training images and their 11 text slots (make_jax.records.convert).",
         )
 
     counts = {s: v["images"] for s, v in splits_out.items()}
@@ -758,7 +759,7 @@ def _summary(directory, complete, written, skipped, total, counts, rows_in, drop
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m make_jax.data.convert", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m make_jax.records.convert", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv", required=True, help="MAKE training CSV (spec §6 columns)")
     p.add_argument("--images", required=True, help="image root folder the CSV's filenames are relative to")

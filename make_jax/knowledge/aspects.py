@@ -1,19 +1,12 @@
-"""The text slots of one training image and the aspect-text templates (spec §1).
+"""The aspect-text templates of the MAKE knowledge set (slot layout: ``make_jax.data.schema``).
 
-Slot order is fixed: 0 raw caption, 1 disease aspect, 2 concept aspect, 3..10 subtexts 1..8. The templates are
+The templates are
 the ones visible in the MAKE training CSV (tests/golden/MAKE_training_example.csv): the disease text is built from
 the ontology path (`ontology_final`), the concept text from the standardised concept list
 (`skin_concept_standarized`); subtexts are the caption's sentences without their final full stop.
 """
 
 from __future__ import annotations
-
-NUM_SUBTEXTS = 8
-NUM_KNOWLEDGE = 3
-NUM_SLOTS = NUM_KNOWLEDGE + NUM_SUBTEXTS  # N = K + 3 = 11
-
-SLOT_RAW, SLOT_DISEASE, SLOT_CONCEPT = 0, 1, 2
-FIRST_SUBTEXT_SLOT = 3
 
 # Marker the Derm1M table uses for "no concepts"; the CSV then has an empty concept text and mask 0.
 NO_CONCEPTS = "No visual concepts"

@@ -1,4 +1,4 @@
-"""CLI: python -m make_jax.data.synthderm --out DIR [options]  (see docs/synthderm.md)."""
+"""CLI: python -m make_jax.synthderm --out DIR [options]  (see docs/synthderm.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .generate import SynthDermConfig, generate
 def main(argv: list[str] | None = None) -> int:
     d = SynthDermConfig()
     p = argparse.ArgumentParser(
-        prog="python -m make_jax.data.synthderm",
+        prog="python -m make_jax.synthderm",
         description="Generate SynthDerm, a seeded synthetic dermatology dataset in the MAKE / Derm1M / "
         "zero-shot / SkinCon / retrieval layouts.",
     )

@@ -1,4 +1,4 @@
-"""Build (or check) the MAKE knowledge-set columns of a training table: ``python -m make_jax.data.knowledge``.
+"""Build (or check) the MAKE knowledge-set columns of a training table: ``python -m make_jax.knowledge``.
 
 Input: a CSV/TSV with a caption column, and optionally a disease hierarchy path column (Derm1M
 ``ontology_final``: "inflammatory, non-infectious, atopic dermatitis"), a concept list column (Derm1M
@@ -35,12 +35,14 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from . import aspects, csv_io
-from .csv_io import MAKE_OUTPUT_COLUMNS, RawRow, TableReader, is_missing, split_list_field
+from make_jax.data import schema
+from make_jax.records import csv_io
+from make_jax.records.csv_io import MAKE_OUTPUT_COLUMNS, RawRow, TableReader, is_missing, split_list_field
+from . import aspects
 from .lexicon import ConceptLexicon, Extraction, LexiconExtractor, Ontology
 from .sentences import DEFAULT_WORD_BUDGET, TextBudget, default_budget, sentence_spans, split_subtexts, truncate_caption
 
-log = logging.getLogger("make_jax.data.knowledge")
+log = logging.getLogger("make_jax.knowledge")
 
 DEFAULT_CAPTION_COL = "caption"
 DEFAULT_ONTOLOGY_COL = "ontology_final"
@@ -75,7 +77,7 @@ def knowledge_columns(
     raw = truncate_caption(caption, budget or TextBudget.none())
     disease = aspects.disease_text(disease_path)
     concept = aspects.concept_text(concepts)
-    subs = split_subtexts(caption, aspects.NUM_SUBTEXTS)
+    subs = split_subtexts(caption, schema.NUM_SUBTEXTS)
     cols = {
         csv_io.TRUNCATED_CAPTION: raw,
         csv_io.ONTOLOGY_CAPTION: disease,
@@ -312,7 +314,7 @@ class KnowledgeBuilder:
         s.concept_source[csrc] += 1
         n_sub = int(cols[csv_io.SUB_CAPTIONS])
         s.subtexts[n_sub] += 1
-        if n_sub == aspects.NUM_SUBTEXTS and len(sentence_spans(p.caption)) > aspects.NUM_SUBTEXTS:
+        if n_sub == schema.NUM_SUBTEXTS and len(sentence_spans(p.caption)) > schema.NUM_SUBTEXTS:
             s.merged_rows += 1
         if cols[csv_io.TRUNCATED_CAPTION] != p.caption:
             s.truncated_rows += 1
@@ -559,7 +561,7 @@ def run(args: argparse.Namespace, explicit: Iterable[str] = ()) -> Summary:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m make_jax.data.knowledge",
+        prog="python -m make_jax.knowledge",
         allow_abbrev=False,
         description="Build or check the MAKE knowledge-set columns (aspect texts, subtexts, masks) of a table.",
     )
@@ -581,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("extraction (rows whose path/concept field is empty)")
     e.add_argument("--extractor", choices=("none", "lexicon", "llm"), default="lexicon")
     e.add_argument("--ontology", action="append", metavar="JSON",
-                   help="disease ontology JSON (repeatable; layouts: make_jax.data.lexicon.Ontology)")  # fmt: skip
+                   help="disease ontology JSON (repeatable; layouts: make_jax.knowledge.lexicon.Ontology)")  # fmt: skip
     e.add_argument("--no-derive-ontology", action="store_true",
                    help="do not derive disease paths from the input rows that have them")  # fmt: skip
     e.add_argument("--concept-terms", help="concept vocabulary JSON (default: resources/ConceptTerms.json)")
@@ -632,6 +634,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -45,7 +45,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .aspects import NUM_SUBTEXTS
+from make_jax.data.schema import NUM_SUBTEXTS
 
 NEVER_FINAL = frozenset(
     """e.g eg i.e ie dr drs mr mrs ms mx prof st mt fig figs vs v approx appx ca cf viz incl esp resp ref refs

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from make_jax.data import schema
+
 from . import captions, layouts, vocab
 from .cases import sample_case
 from .draw import draw_case
@@ -139,7 +141,7 @@ def _write_split_outputs(out: str, cfg: SynthDermConfig, split: str, items: list
             release_rows.append(layouts.derm1m_row(row, it["case"], it["caption"], it["release_disease"]))
         layouts.write_csv(os.path.join(out, "make", f"{split}.csv"), layouts.MAKE_COLUMNS, make_rows)
         name = "Derm1M_v2_pretrain.csv" if split == "train" else "Derm1M_v2_validation.csv"
-        layouts.write_csv(os.path.join(out, "make", name), layouts.DERM1M_COLUMNS, release_rows)
+        layouts.write_csv(os.path.join(out, "make", name), schema.DERM1M_COLUMNS, release_rows)
         if split == "train":
             layouts.write_csv(
                 os.path.join(out, "make", "concept.csv"),
@@ -175,7 +177,7 @@ def _write_split_outputs(out: str, cfg: SynthDermConfig, split: str, items: list
 
 def manifest(cfg: SynthDermConfig) -> dict:
     return {
-        "generator": "make_jax.data.synthderm",
+        "generator": "make_jax.synthderm",
         "version": VERSION,
         "config": asdict(cfg),
         "classnames": list(vocab.CLASSNAMES),
@@ -284,7 +286,7 @@ def generate(
     with open(os.path.join(out_dir, "zeroshot", "classnames.json"), "w", encoding="utf-8", newline="\n") as f:
         json.dump(
             {
-                "source": "SynthDerm (make_jax.data.synthderm), synthetic",
+                "source": "SynthDerm (make_jax.synthderm), synthetic",
                 "dataset": "SynthDerm zero-shot",
                 "num_classes": len(vocab.CLASSNAMES),
                 "note": "label index i in the eval CSV = position i in this list",

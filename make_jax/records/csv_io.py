@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .aspects import NUM_KNOWLEDGE, NUM_SUBTEXTS
+from make_jax.data.schema import NUM_KNOWLEDGE, NUM_SUBTEXTS
 
 # --- column names of the MAKE training CSV (spec §6) -------------------------------------------------------------
 TRUNCATED_CAPTION = "truncated_caption"
