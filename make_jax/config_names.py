@@ -1,7 +1,7 @@
 """Configs by name: `--config eval_paper:/data/eval` finds `configs/eval_paper.py`, in a checkout or installed.
 
-The project's configs live in the top-level `configs/` package (shipped in the wheel too, since training code
-imports `configs.ablation`). A `--config` value whose file part is an existing file is used as is; otherwise
+The project's configs live in the top-level `configs/` package (shipped in the wheel too). The library never
+imports it: it only locates its files. A `--config` value whose file part is an existing file is used as is; otherwise
 `NAME`, `NAME.py` or `configs/NAME.py` is looked up as the module `configs.NAME`.
 """
 
@@ -17,11 +17,10 @@ __all__ = ["available", "config_path", "resolve_spec"]
 
 def available() -> list[str]:
     """Names of the configs of the importable `configs` package (empty if there is none)."""
-    try:
-        import configs
-    except ImportError:
+    spec = importlib.util.find_spec("configs")
+    if spec is None or not spec.submodule_search_locations:
         return []
-    return sorted(m.name for m in pkgutil.iter_modules(configs.__path__) if m.name != "common")
+    return sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations) if m.name != "common")
 
 
 def config_path(name_or_path: str) -> Path:
