@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from make_jax.data.lexicon import LexiconExtractor
-from make_jax.data.llm_extract import (DEFAULT_PROMPT, LLMConfig, LLMExtractor, load_prompt_file,
+from make_jax.knowledge.lexicon import LexiconExtractor
+from make_jax.knowledge.llm_extract import (DEFAULT_PROMPT, LLMConfig, LLMExtractor, load_prompt_file,
                                        prompt_version)
 from test_llm_extract import KEY, FakeLLM, golden_rows, lexicon, ontology  # noqa: F401 - fixtures
 
