@@ -83,10 +83,11 @@ def fit(x: np.ndarray, y: np.ndarray, num_classes: int, C: float, *, max_iter: i
 
 
 def select_c(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int,
-             grid: Sequence[float] = C_GRID, refine: int = 4) -> tuple[float, list[dict]]:
+             grid: Sequence[float] = C_GRID, refine: int = 4, tol: float = 1e-6) -> tuple[float, list[dict]]:
     """The C of best validation accuracy (ties: the smaller C, i.e. the stronger regularisation), searched on
     `grid` and then on `refine` log-spaced values on each side of the best coarse value, halfway to its grid
-    neighbours. Returns (C, [{C, val_accuracy}, ...] in the order tried)."""
+    neighbours. The search fits stop at gradient tolerance `tol` (only their validation accuracy is used; the
+    final classifier is fitted tighter by the caller). Returns (C, [{C, val_accuracy}, ...] sorted by C)."""
     tried: dict[float, float] = {}
 
     def run(cs):
@@ -94,7 +95,7 @@ def select_c(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
         for c in sorted(cs):
             if c in tried:
                 continue
-            prev = fit(x_train, y_train, num_classes, c, init=prev)
+            prev = fit(x_train, y_train, num_classes, c, init=prev, tol=tol)
             tried[c] = float(np.mean(prev.predict(x_val) == y_val))
 
     run(grid)
