@@ -4,6 +4,7 @@ regularisation search against sklearn fits on the same grid, the sampling protoc
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 
 import numpy as np
@@ -180,3 +181,21 @@ def test_task_bad_inputs_name_the_line(tiny_set, tmp_path):
         run_task(enc, "linear_probe", csv=str(bad), image_root=str(root), progress=False)
     with pytest.raises(ValueError, match="exclusive"):
         run_task(enc, "linear_probe", csv=str(root / "set.csv"), shots=[1], percent_data=10, progress=False)
+
+
+def test_cli_flags_reach_the_task(tiny_set, tmp_path, monkeypatch):
+    from make_jax.evaluate import cli
+    from make_jax.evaluate.cli import main
+
+    root, _, enc = tiny_set
+    monkeypatch.setattr(cli, "load_encoder", lambda *a, **k: enc)  # the fixture's encoder, not a fresh init
+    out = tmp_path / "lp.json"
+    rc = main(["--random-init", "tiny", "--task", "linear_probe", "--csv", str(root / "set.csv"), "--shots", "2",
+               "--seeds", "5", "7", "--split-column", "split", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["protocol"] == {"kind": "few_shot", "shots": [2], "seeds": [5, 7]}
+    assert [x["seed"] for x in r["few_shot"]["2"]["runs"]] == [5, 7]
+    rc = main(["--random-init", "tiny", "--task", "linear_probe", "--csv", str(root / "set.csv"), "--shots", "2",
+               "--bootstrap", "10", "--no-progress"])
+    assert rc == 2  # bootstrap intervals are for the full-data probe: refused, not ignored
