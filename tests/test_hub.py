@@ -165,3 +165,13 @@ def test_unsupported_preprocess_cfg_is_refused_naming_the_file(oc, tmp_path):
     (d / "open_clip_config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"open_clip_config.json: preprocess_cfg.interpolation 'lanczos'"):
         make_jax.load(d)
+
+
+def test_eval_cli_activation_flag_reaches_the_conversion(oc, tmp_path, capsys):
+    from make_jax.evaluate.cli import load_encoder
+
+    src, ckpt = oc
+    assert load_encoder(str(src), activation="gelu").config.activation == "gelu"
+    assert load_encoder(str(src)).config.activation == "quick_gelu"  # the source's config
+    with pytest.raises(CheckpointError, match="fixes its activation"):
+        load_encoder(str(ckpt), activation="gelu")

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "directory, hf-hub:ORG/NAME, or a registry name (make, dermlip-vit-b16, openai-vit-b16)")
     src.add_argument("--random-init", metavar="PRESET",
                      help="random weights of a model preset (tiny, small, ViT-B-16): pipeline checks and speed only")
+    m.add_argument("--activation", choices=("quick_gelu", "gelu"), default=None,
+                   help="override the activation of a --checkpoint that is converted on load (open_clip / HF dir, "
+                        "hf-hub:, registry name) or of --random-init")
     m.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     m.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16 (parameters stay float32)")
     m.add_argument("--batch-size", type=int, default=32, help="images per jitted encoder call (default 32)")
@@ -113,19 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_encoder(checkpoint: str | None = None, random_init: str | None = None, *, seed: int = 0,
-                 dtype: str | None = None, batch_size: int = 32, text_batch_size: int | None = None):
+                 dtype: str | None = None, batch_size: int = 32, text_batch_size: int | None = None,
+                 activation: str | None = None):
     """`make_jax.load(checkpoint)`, or an Encoder around a randomly initialised preset."""
     if random_init:
         from make_jax.inference import Encoder
         from make_jax.models import create_model, get_model_config
 
-        cfg = get_model_config(random_init, **({"dtype": dtype} if dtype else {}))
+        overrides = {k: v for k, v in (("dtype", dtype), ("activation", activation)) if v}
+        cfg = get_model_config(random_init, **overrides)
         return Encoder(create_model(cfg, seed=seed), batch_size=batch_size, text_batch_size=text_batch_size)
     if not checkpoint:
         raise ValueError("give --checkpoint DIR (or --random-init PRESET for a pipeline check)")
     from make_jax.inference import load
 
-    return load(checkpoint, dtype=dtype, batch_size=batch_size, text_batch_size=text_batch_size)
+    return load(checkpoint, dtype=dtype, batch_size=batch_size, text_batch_size=text_batch_size,
+                activation=activation)
 
 
 def load_config(spec: str) -> dict:
@@ -229,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"task {task.name} needs {flags}")
         encoder = load_encoder(checkpoint, random_init, seed=args.seed, dtype=args.dtype or cfg.get("dtype"),
                                batch_size=cfg.get("batch_size", args.batch_size),
-                               text_batch_size=args.text_batch_size or cfg.get("text_batch_size"))
+                               text_batch_size=args.text_batch_size or cfg.get("text_batch_size"),
+                               activation=args.activation)
     except (DatasetError, FileNotFoundError, ValueError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
