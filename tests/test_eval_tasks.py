@@ -404,7 +404,7 @@ def test_concept_scores_against_loop_with_several_references(tmp_path):
     cs = read_concept_set(d, concept_list=None)
     terms = {"streaks": ["streaks", "radial streaming"], "pigment network": ["pigment network"]}
     r = evaluate_concepts(FakeEncoder(img_vecs, text_vec), cs, terms, (templates, refs), scale=7.0,
-                          progress=False, save_scores=True)
+                          progress=False, save_scores=True, bootstrap=200, bootstrap_seed=3)
     ordered = [img_vecs[20 + 20 * i] for i in range(n)]
     for j, c in enumerate(["streaks", "pigment network"]):
         expected = concept_scores_loop(ordered, text_vec, terms[c], templates, refs, 7.0)
@@ -412,6 +412,20 @@ def test_concept_scores_against_loop_with_several_references(tmp_path):
         y = [int(row.split(",")[j + 1]) for row in rows]
         got = next(p for p in r["metrics"]["per_concept"] if p["concept"] == c)["auroc"]
         assert got == pytest.approx(brute_auroc(y, expected.tolist()))
+    # bootstrap interval of the mean AUROC: the same draws, sklearn's AUROC, concepts lacking a class skipped
+    from sklearn.metrics import roc_auc_score
+
+    s_all = np.stack([r["scores"][c] for c in ["streaks", "pigment network"]], 1)
+    y_all = np.array([[int(x) for x in row.split(",")[1:]] for row in rows])
+    draws, g = [], np.random.default_rng(3)
+    for _ in range(200):
+        i = g.integers(0, n, n)
+        aucs = [roc_auc_score(y_all[i, j], s_all[i, j]) for j in range(2) if 0 < y_all[i, j].sum() < n]
+        if aucs:
+            draws.append(np.mean(aucs))
+    assert r["ci95"]["mean_auroc"]["replicates"] == len(draws)
+    assert r["ci95"]["mean_auroc"]["low"] == pytest.approx(np.percentile(draws, 2.5), abs=1e-9)
+    assert r["ci95"]["mean_auroc"]["high"] == pytest.approx(np.percentile(draws, 97.5), abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- retrieval (fake)

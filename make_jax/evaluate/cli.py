@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--predictions-csv", default=None,
                    help="zero_shot / linear_probe: write one row per image with every class's probability here")
     d.add_argument("--bootstrap", type=int, default=None,
-                   help="zero_shot / linear_probe: bootstrap replicates for 95%% intervals of every metric (e.g. 1000)")
+                   help="zero_shot / linear_probe / concepts: bootstrap replicates for 95%% intervals (e.g. 1000)")
     d.add_argument("--bootstrap-seed", type=int, default=None, help="seed of --bootstrap (default 0)")
     d.add_argument("--data-dir", help="concepts: SkinCon / Derm7pt-layout directory")
     d.add_argument("--meta", default=None, help="concepts: label table inside --data-dir (default meta.csv)")

@@ -73,10 +73,19 @@ def concept_presence_scores(image_emb: np.ndarray, target_emb: np.ndarray, ref_e
     return p.mean(axis=0)
 
 
+def mean_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the columns of scores (N, C) / binary labels (N, C) that have positives and negatives (NaN if
+    none has both)."""
+    aucs = [M.auroc(labels[:, j], scores[:, j]) for j in range(scores.shape[1])
+            if 0 < labels[:, j].sum() < labels.shape[0]]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 def evaluate_concepts(encoder: Any, cset: ConceptSet, terms: Mapping[str, Sequence[str]] | None = None,
                       prompts: tuple[Sequence[str], Sequence[Sequence[str]]] | None = None, *,
                       scale: float = DEFAULT_CONCEPT_SCALE, workers: int | None = None, progress: bool = True,
-                      strict: bool = False, save_scores: bool = False) -> dict:
+                      strict: bool = False, save_scores: bool = False, bootstrap: int = 0,
+                      bootstrap_seed: int = 0) -> dict:
     terms = load_concept_terms() if terms is None else terms
     templates, references = load_concept_prompts() if prompts is None else prompts
     excluded = [{"concept": c, "reason": f"no column named {c!r} in {cset.meta_path.name}"} for c in cset.unmatched]
@@ -128,6 +137,17 @@ def evaluate_concepts(encoder: Any, cset: ConceptSet, terms: Mapping[str, Sequen
         "prompts": {"templates": list(templates), "references": [list(r) for r in references], "scale": scale},
         "timing": {**enc.timing(), "text_seconds": text_s},
     }
+    if bootstrap and scored:
+        from make_jax.evaluate.bootstrap import bootstrap_ci
+
+        cols = list(scored)
+        y_all = labels[:, [col_of[c] for c in cols]]
+        result["ci95"] = bootstrap_ci(lambda s, y: {"mean_auroc": mean_auroc(s, y)}, y_all,
+                                      np.stack([scored[c] for c in cols], axis=1), n=int(bootstrap),
+                                      seed=int(bootstrap_seed))
+        result["ci95_protocol"] = {"replicates": int(bootstrap), "seed": int(bootstrap_seed),
+                                   "method": "percentile bootstrap over images; a replicate's mean AUROC is over "
+                                             "the concepts that have positives and negatives in it"}
     if save_scores:
         result["scores"] = {"image_ids": [cset.image_ids[i] for i in enc.indices],
                             **{c: s.tolist() for c, s in scored.items()}}
@@ -150,10 +170,12 @@ def format_concepts(r: dict) -> str:
 def run(encoder: Any, *, data_dir: str, meta: str = "meta.csv", image_dir: str = "final_images",
         concept_list: Any = "concept_list.txt", concept_terms: str | None = None, concept_prompts: str | None = None,
         id_column: str = "ImageID", scale: float = DEFAULT_CONCEPT_SCALE, workers: int | None = None,
-        progress: bool = True, strict: bool = False, save_scores: bool = False) -> dict:
+        progress: bool = True, strict: bool = False, save_scores: bool = False, bootstrap: int = 0,
+        bootstrap_seed: int = 0) -> dict:
     """concept annotation: AUROC per concept (reference-prompt scoring) and the mean."""
     if isinstance(concept_list, str) and concept_list.lower() in ("all", "*", "none", ""):
         concept_list = None
     cset = read_concept_set(data_dir, meta, image_dir, concept_list, id_column)
     return evaluate_concepts(encoder, cset, load_concept_terms(concept_terms), load_concept_prompts(concept_prompts),
-                             scale=scale, workers=workers, progress=progress, strict=strict, save_scores=save_scores)
+                             scale=scale, workers=workers, progress=progress, strict=strict, save_scores=save_scores,
+                             bootstrap=bootstrap, bootstrap_seed=bootstrap_seed)
