@@ -175,3 +175,13 @@ def test_eval_cli_activation_flag_reaches_the_conversion(oc, tmp_path, capsys):
     assert load_encoder(str(src)).config.activation == "quick_gelu"  # the source's config
     with pytest.raises(CheckpointError, match="fixes its activation"):
         load_encoder(str(ckpt), activation="gelu")
+
+
+def test_hugging_face_clip_dir_is_converted_in_memory_exactly(tmp_path):
+    model = tr.make_hf_clip(**GEOM, activation="gelu", seed=3)
+    model.save_pretrained(tmp_path / "hf")
+    ckpt = convert(tmp_path / "hf", tmp_path / "ckpt")
+    m = make_jax.load(tmp_path / "hf")
+    assert m.config == read_config(ckpt) and m.config.activation == "gelu"
+    got, ref = flat_params(m.model), flat_ckpt(ckpt)
+    assert sorted(got) == sorted(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
