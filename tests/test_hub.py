@@ -185,3 +185,15 @@ def test_hugging_face_clip_dir_is_converted_in_memory_exactly(tmp_path):
     assert m.config == read_config(ckpt) and m.config.activation == "gelu"
     got, ref = flat_params(m.model), flat_ckpt(ckpt)
     assert sorted(got) == sorted(ref) and all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+def test_training_init_from_takes_any_reference(oc, offline_hub):
+    import ml_collections
+
+    from make_jax.train.loop import initial_params
+
+    src, ckpt = oc
+    ref = flat_ckpt(ckpt)
+    for init in (str(src), "hf-hub:org/tiny-clip", str(ckpt)):
+        got = flat(initial_params(ml_collections.ConfigDict({"init_from": init}), read_config(ckpt), {}))
+        assert sorted(got) == sorted(ref) and all(np.array_equal(got[k], ref[k]) for k in ref), init

@@ -199,10 +199,10 @@ def _remember(r: Resolved, name: str) -> None:
     os.replace(tmp, index)
 
 
-def load_model(x: str | Path, *, dtype: str | None = None, activation: str | None = None, cache: bool = True,
-               hub_cache: str | Path | None = None):
-    """(CLIP module, preprocess_cfg) for any model reference. `activation` overrides the source's (and a
-    registry entry's); `cache=False` never reads or writes the converted-model cache."""
+def load_params(x: str | Path, *, activation: str | None = None, cache: bool = True,
+                hub_cache: str | Path | None = None):
+    """(ModelConfig, parameter pure dict, preprocess_cfg) for any model reference. `activation` overrides the
+    source's (and a registry entry's); `cache=False` never reads or writes the converted-model cache."""
     from make_jax.checkpoint.open_clip_layout import open_clip_to_params
 
     r = resolve(x, hub_cache=hub_cache)
@@ -211,12 +211,12 @@ def load_model(x: str | Path, *, dtype: str | None = None, activation: str | Non
     if r.kind == "make_jax":
         if activation is not None:
             raise CheckpointError(f"{x}: a make_jax checkpoint fixes its activation; convert the source instead")
-        return orbax_io.load_model(r.path, dtype=dtype), orbax_io.read_preprocess_cfg(r.path)
+        return _open(r.path)
     if r.cacheable and cache:
         hit = _cached_dir(r)
         if hit is not None:
             logger.info("%s: converted model from the cache %s", x, hit)
-            return orbax_io.load_model(hit, dtype=dtype), orbax_io.read_preprocess_cfg(hit)
+            return _open(hit)
     source = readers.read_source(r.path, activation=r.activation)
     if r.sha256 is not None:
         got = file_sha256(source.weights_file)
@@ -234,8 +234,22 @@ def load_model(x: str | Path, *, dtype: str | None = None, activation: str | Non
             logger.info("%s: converted and cached as %s", x, cache_dir() / name)
         except OSError as e:  # a read-only home must not stop inference
             logger.warning("%s: could not cache the converted model under %s (%s)", x, cache_dir(), e)
-    cfg = source.config if dtype is None else source.config.replace(dtype=_dtype_name(dtype))
-    return orbax_io.model_with_params(cfg, params), source.preprocess_cfg
+    return source.config, params, source.preprocess_cfg
+
+
+def _open(path: Path):
+    cfg = orbax_io.read_config(path)
+    return cfg, orbax_io.load_params(path, cfg), orbax_io.read_preprocess_cfg(path)
+
+
+def load_model(x: str | Path, *, dtype: str | None = None, activation: str | None = None, cache: bool = True,
+               hub_cache: str | Path | None = None):
+    """(CLIP module, preprocess_cfg) for any model reference (see `load_params`). `dtype` overrides the compute
+    dtype; parameters stay float32."""
+    cfg, params, pp = load_params(x, activation=activation, cache=cache, hub_cache=hub_cache)
+    if dtype is not None:
+        cfg = cfg.replace(dtype=_dtype_name(dtype))
+    return orbax_io.model_with_params(cfg, params), pp
 
 
 def _dtype_name(dtype: str) -> str:

@@ -78,7 +78,8 @@ INIT_SCRATCH = "scratch"
 INIT_FROM_HELP = ("the recipe starts from OpenAI CLIP ViT-B/16: download ViT-B-16.pt from OpenAI's CLIP release "
                   "(or the Hugging Face directory openai/clip-vit-base-patch16), convert it with "
                   "`python -m make_jax.convert ViT-B-16.pt checkpoints/openai_vitb16` and pass "
-                  "--config.init_from=checkpoints/openai_vitb16; --config.init_from=scratch trains from a random "
+                  "--config.init_from=checkpoints/openai_vitb16 (or --config.init_from=openai-vit-b16 to fetch it "
+                  "through huggingface_hub); --config.init_from=scratch trains from a random "
                   "initialisation (docs/training.md)")
 
 
@@ -100,15 +101,15 @@ def initial_params(config, model_cfg: ModelConfig, params):
     if config.init_from == INIT_SCRATCH:
         logger.info("initialising from scratch (config.init_from=scratch)")
         return params
-    from make_jax.checkpoint.orbax_io import load_params, read_config
+    from make_jax.checkpoint import hub
 
-    src_cfg = read_config(config.init_from)
+    # a converted checkpoint, or any reference make_jax.load takes (registry name, hf-hub:, open_clip/HF dir)
+    src_cfg, loaded, _ = hub.load_params(config.init_from)
     geometry = lambda c: (c.embed_dim, c.vision, c.text)  # noqa: E731 - numerics may differ, geometry may not
     if geometry(src_cfg) != geometry(model_cfg):
         raise ValueError(f"init_from {config.init_from}: its model geometry differs from config.model "
                          f"({src_cfg.to_dict()} vs {model_cfg.to_dict()})")
     logger.info("initialising from %s", config.init_from)
-    loaded = load_params(config.init_from, src_cfg)
     if "logit_bias" in params and "logit_bias" not in loaded:
         loaded["logit_scale"], loaded["logit_bias"] = params["logit_scale"], params["logit_bias"]
     elif "logit_bias" not in params:
