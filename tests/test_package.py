@@ -1,6 +1,6 @@
 """The installable package: `pip install .` into a fresh venv (the test environment's site-packages made visible
-through a .pth file, so that nothing is downloaded), then its console commands run from a folder outside the checkout — an evaluation config
-by name, the training help — and `launch.py --help` in the checkout."""
+through a .pth file, so that nothing is downloaded), then its console commands run from a folder outside the
+checkout — an evaluation config by name, the training help — and `launch.py --help` in the checkout."""
 
 from __future__ import annotations
 

@@ -105,7 +105,9 @@ def select_c(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
     lo = np.log10(g[i - 1]) if i > 0 else np.log10(best) - 1
     hi = np.log10(g[i + 1]) if i + 1 < len(g) else np.log10(best) + 1
     mid = np.log10(best)
-    fine = list(np.logspace((lo + mid) / 2, mid, refine + 1)[:-1]) + list(np.logspace(mid, (mid + hi) / 2, refine + 1)[1:])
+    below = np.logspace((lo + mid) / 2, mid, refine + 1)[:-1]
+    above = np.logspace(mid, (mid + hi) / 2, refine + 1)[1:]
+    fine = list(below) + list(above)
     run([float(c) for c in fine])
     best = max(sorted(tried), key=lambda c: tried[c])
     return best, [{"C": c, "val_accuracy": a} for c, a in sorted(tried.items())]
