@@ -1,13 +1,15 @@
 """The Grain input pipeline (make_jax.data.pipeline) over a small converted dataset.
 
-Expected values are computed independently: images by decoding the stored record and applying the transform with
-the generator the documented rule seeds, texts by running the tokenizer on the record's strings, batch order from
-the documented sampler arithmetic, normalisation from the CLIP constants.
+Expected values are computed independently: images by decoding the stored record and cropping it where
+torchvision's RandomResizedCrop rule, drawn from the generator the pipeline's documented seeding gives, puts the box
+(written out here), texts by running the tokenizer on the record's strings, batch order from the documented
+sampler arithmetic and permutation seeding, normalisation from the CLIP constants.
 """
 
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import grain
@@ -18,7 +20,6 @@ from PIL import Image
 from make_jax.records import convert as C
 from make_jax.data import pipeline as P
 from make_jax.data import records as R
-from make_jax.data import transforms as T
 from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD
 from make_jax.tokenizer import tokenize_with_lengths
 
@@ -26,6 +27,11 @@ GOLDEN = Path(__file__).parent / "golden" / "MAKE_training_example.csv"
 N_RECORDS = 22
 S = 32  # output image size
 NOSHARD = grain.sharding.NoSharding()
+# The seeding documented in make_jax/data/pipeline.py (module docstring), written out here:
+#   epoch e's order:        np.random.default_rng([seed, e, 0x5EED0001]).permutation(num_records)
+#   example augmentation:   np.random.default_rng([seed, epoch, index, 0x5EED0002])
+PERM_STREAM = 0x5EED0001
+AUG_STREAM = 0x5EED0002
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +83,37 @@ def assert_batches_equal(a, b):
 
 
 # --- batch contents ------------------------------------------------------------------------------------------------
+def random_resized_crop_box(rng, width, height, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision RandomResizedCrop.get_params with NumPy draws: (left, top, right, bottom). Per attempt: area
+    fraction ~ U(scale), log aspect ~ U(log ratio); the first box that fits is placed with integers(0, room + 1).
+    After 10 misses: the whole image cut to the nearest allowed aspect, centred."""
+    for _ in range(10):
+        area = width * height * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    w, h = width, height
+    if width / height < ratio[0]:
+        h = int(round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        w = int(round(height * ratio[1]))
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
 def test_train_batch_format_and_contents(data):
     path, train, _ = data
     n = len(train)
     L = 20
-    c = cfg(context_length=L, with_index=True, seed=3)
+    # Crop only (no jitter, no grayscale): the expected image is then a PIL crop + bicubic resize of the box the
+    # documented generator draws. The jitter and grayscale ops themselves are checked in test_transforms.py.
+    from make_jax.data.transforms import TrainTransformConfig
+
+    c = cfg(context_length=L, with_index=True, seed=3,
+            augment=TrainTransformConfig(jitter_prob=0.0, grayscale_prob=0.0))
     batches = take(P.train_dataset(path, 4, c, shard_options=NOSHARD), 3)
     for b in batches:
         assert set(b) == {"images", "text_ids", "text_valid", "index", "epoch"}
@@ -97,10 +129,9 @@ def test_train_batch_format_and_contents(data):
             valid = rec["text_valid"]
             np.testing.assert_array_equal(b["text_ids"][r][valid], ids[valid])
             assert (b["text_ids"][r][~valid] == 0).all()
-            # the image: decode the stored bytes, augment with the generator seeded by (seed, epoch, index)
             img = Image.open(io.BytesIO(rec["image"])).convert("RGB")
-            rng = np.random.default_rng([3, e, i, P._AUG_STREAM])
-            want = T.train_transform(img, rng, T.TrainTransformConfig(size=S))
+            box = random_resized_crop_box(np.random.default_rng([3, e, i, AUG_STREAM]), img.width, img.height)
+            want = np.asarray(img.crop(box).resize((S, S), Image.Resampling.BICUBIC))
             np.testing.assert_array_equal(b["images"][r], want)
 
 
@@ -146,7 +177,7 @@ def test_epochs_are_seeded_permutations_with_drop_remainder(data):
     for e in range(3):
         assert (ep[e] == e).all()
         assert len(set(idx[e].tolist())) == spe * G  # no repeats within an epoch; n % G records dropped
-        perm = np.random.default_rng([7, e, P._PERM_STREAM]).permutation(n)
+        perm = np.random.default_rng([7, e, PERM_STREAM]).permutation(n)
         np.testing.assert_array_equal(idx[e], perm[: spe * G])
     assert not np.array_equal(idx[0], idx[1]) and not np.array_equal(idx[1], idx[2])
     # the same record gets fresh augmentation in another epoch

@@ -17,11 +17,13 @@ How the order is defined (so it is reproducible, resumable, and independent of t
   step ``k = s % steps_per_epoch`` of epoch ``e = s // steps_per_epoch``, and the row sits at position
   ``k·G + p·B + r`` of epoch ``e``'s order (G the global batch, p this process). So process p's batch is rows
   [p·B, (p+1)·B) of the global batch, and concatenating the processes' batches gives the global batch.
-* Epoch ``e``'s order is a permutation of the records seeded by (seed, e) (train) or the record order (eval).
+* Epoch ``e``'s order is a permutation of the records seeded by (seed, e) (train) or the record order (eval):
+  ``np.random.default_rng([seed, e, 0x5EED0001]).permutation(num_records)``.
   Training drops each epoch's last ``N mod G`` records of that permutation (drop_remainder; a different subset
   each epoch); eval pads its last global batch and marks padding with ``example_valid = False``.
-* Each example's augmentation draws come from a generator seeded by (seed, epoch, record index) — not from a
-  worker's state — and ``mp_prefetch`` interleaves whole batches from its workers round-robin, so the batches are
+* Each example's augmentation draws come from a generator seeded by (seed, epoch, record index),
+  ``np.random.default_rng([seed, epoch, index, 0x5EED0002])``, in the order of ``transforms.train_transform`` —
+  not from a worker's state — and ``mp_prefetch`` interleaves whole batches from its workers round-robin, so the batches are
   the same for any number of worker processes or threads.
 * The pipeline is ``MapDataset.range → map(load, decode, transform) → batch → to_iter_dataset → mp_prefetch →
   thread prefetch``; every stage is a Grain stage with checkpointable iterator state.
