@@ -148,13 +148,15 @@ def run(encoder: Any, *, csv: str | None = None, train_csv: str | None = None, v
         raise ValueError(f"linear_probe: --shots must be ≥ 1, got {shots}")
     if not seeds:
         raise ValueError("linear_probe: needs at least one seed")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"linear_probe: val_fraction must be in (0, 1), got {val_fraction}")
     if (shots or percent_data is not None) and (save_predictions or predictions_csv or bootstrap):
         raise ValueError("linear_probe: per-image predictions and bootstrap intervals are for the full-data probe; "
                          "--shots / --percent-data runs report mean ± std over seeds")
     splits, classnames = _read_splits(csv, train_csv, val_csv, test_csv, classes, image_root, filename_column,
                                       label_column, split_column)
     k = len(classnames)
-    # Encode every distinct image once.
+    # The images of every split in one pass of the encoder (one row of a split = one image).
     order = [(n, i) for n in splits for i in range(len(splits[n].paths))]
     paths = [splits[n].paths[i] for n, i in order]
     enc = encode_image_files(encoder, paths, workers=workers, progress=progress, desc="linear-probe images",
