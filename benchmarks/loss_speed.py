@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from make_jax.losses import LossConfig, dense_layout, make_loss
+from make_jax.losses import LossConfig, LossInputs, dense_layout, make_loss
 
 
 def make_inputs(b, n, p, d, seed=0):
@@ -49,7 +49,7 @@ def make_inputs(b, n, p, d, seed=0):
 
 def step_fn(cfg):
     def f(img, patch, txt, owner, slot, valid, ls):
-        return make_loss(img, patch, txt, owner, slot, valid, ls, cfg)
+        return make_loss(LossInputs(img, patch, txt, owner, slot, valid, ls), cfg)
 
     # the patch gradient only when the objective uses the patches (SLRA)
     argnums = (0, 1, 2, 6) if cfg.slra else (0, 2, 6)

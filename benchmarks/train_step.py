@@ -114,12 +114,11 @@ def text_flops_of(model_cfg, shapes) -> float:
 
 def text_shapes(batch: dict, loss_config) -> list[tuple[int, int]]:
     from make_jax.train.packing import is_packed, text_groups
-    from make_jax.train.step import slots_to_encode
 
     if is_packed(batch):
         return [tuple(batch[f"text_ids_{g}"].shape) for g in range(text_groups(batch))]
     b, n, length = batch["text_ids"].shape
-    return [(b * slots_to_encode(loss_config, n), length)]
+    return [(b * loss_config.slots_used(n), length)]
 
 
 def memory_peak() -> str:
@@ -219,7 +218,7 @@ def run_step(args) -> dict:
     from make_jax.train.flops import image_forward_flops, peak_flops
     from make_jax.train.gradcache import make_gradcache_train_step
     from make_jax.train.optimizer import make_optimizer
-    from make_jax.train.packing import make_packed_train_step, pack_batch
+    from make_jax.train.packing import pack_batch
     from make_jax.train.step import (TrainState, ModelFunctions, batch_sharding, jit_train_step, make_mesh,
                                      make_train_step)
 
@@ -237,10 +236,8 @@ def run_step(args) -> dict:
     use_pack = args.mode == "packed" or (args.mode == "gradcache" and not args.no_pack)
     gen = Derm1MLike(model_cfg.vision.image_size, seed=args.seed)
     cfg = pack_config_for(args, gen, loss_config, k * ndev) if use_pack else None
-    if args.mode == "dense":
+    if args.mode in ("dense", "packed"):  # one step for both layouts
         step_fn = make_train_step(fns, optimizer, loss_config, schedule)
-    elif args.mode == "packed":
-        step_fn = make_packed_train_step(fns, optimizer, loss_config, schedule)
     else:
         step_fn = make_gradcache_train_step(fns, optimizer, loss_config, schedule, microbatches=k)
     jitted = jit_train_step(step_fn, mesh, state)

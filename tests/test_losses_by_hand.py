@@ -10,7 +10,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from make_jax.losses import LossConfig, make_loss
+from make_jax.losses import LossConfig, LossInputs, make_loss
 
 A, B, C, D = (1.0, 0.0), (0.0, 1.0), (0.6, 0.8), (0.8, 0.6)
 NEG_A, NEG_B = (-1.0, 0.0), (0.0, -1.0)
@@ -18,10 +18,10 @@ E = math.e
 
 
 def _loss(images, patches, texts, owner, slot, config):
-    loss, terms = make_loss(jnp.asarray(images, jnp.float32),
-                            None if patches is None else jnp.asarray(patches, jnp.float32),
-                            jnp.asarray(texts, jnp.float32), jnp.asarray(owner, jnp.int32),
-                            jnp.asarray(slot, jnp.int32), jnp.ones(len(owner), bool), 0.0, config)
+    loss, terms = make_loss(LossInputs(jnp.asarray(images, jnp.float32),
+                                       None if patches is None else jnp.asarray(patches, jnp.float32),
+                                       jnp.asarray(texts, jnp.float32), jnp.asarray(owner, jnp.int32),
+                                       jnp.asarray(slot, jnp.int32), jnp.ones(len(owner), bool), 0.0), config)
     return float(loss), {k: float(v) for k, v in terms.items()}
 
 

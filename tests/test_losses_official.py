@@ -11,6 +11,7 @@ import pytest
 
 from make_jax.losses import (
     LossConfig,
+    LossInputs,
     dense_layout,
     make_loss,
     official_dkw_weights,
@@ -147,8 +148,8 @@ def test_make_loss_official_mode_on_forward_example(golden, dkw):
     b, n = 3, 5
     owner, slot = dense_layout(b, n)
     cfg = LossConfig(mode="official", dkw=dkw)
-    loss, terms = make_loss(img, patch, txt, owner, slot, jnp.asarray(FWD_MASK.reshape(-1).astype(bool)),
-                            jnp.log(100.0), cfg)
+    valid = jnp.asarray(FWD_MASK.reshape(-1).astype(bool))
+    loss, terms = make_loss(LossInputs(img, patch, txt, owner, slot, valid, jnp.log(100.0)), cfg)
     want = ref_official_loss(img, txt, golden["fwd_ek"], FWD_MASK, 100.0, dkw)
     for k in ("loss", "mkcl", "slra", "i2t", "t2i"):
         assert abs(float(terms[k]) - want[k]) < 1e-10, k
@@ -167,15 +168,17 @@ def test_official_knowledge_positives_drop_subtext_slots(golden):
     img = golden["fwd_image_features"]
     owner, slot = dense_layout(3, 5)
     valid = jnp.asarray(FWD_MASK.reshape(-1).astype(bool))
-    loss, terms = make_loss(img, patch, txt, owner, slot, valid, jnp.log(50.0),
+    loss, terms = make_loss(LossInputs(img, patch, txt, owner, slot, valid, jnp.log(50.0)),
                             LossConfig(mode="official", positives="knowledge", dkw=False))
     txt3 = txt.reshape(3, 5, -1)[:, :3].reshape(9, -1)
     want = ref_official_loss(img, txt3, ref_official_ek(patch, txt3, 0.0), FWD_MASK[:, :3], 50.0, False)
     assert abs(float(loss) - want["loss"]) < 1e-10
     with pytest.raises(ValueError):
-        make_loss(img, patch, txt, owner, slot, valid, jnp.log(50.0), LossConfig(mode="official", positives="knowledge"))
+        make_loss(LossInputs(img, patch, txt, owner, slot, valid, jnp.log(50.0)),
+                  LossConfig(mode="official", positives="knowledge"))
     with pytest.raises(ValueError):  # official mode refuses a non-dense layout it can see
-        make_loss(img, patch, txt, owner[::-1], slot[::-1], valid, jnp.log(50.0), LossConfig(mode="official"))
+        make_loss(LossInputs(img, patch, txt, owner[::-1], slot[::-1], valid, jnp.log(50.0)),
+                  LossConfig(mode="official"))
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -220,7 +223,8 @@ def test_official_gradients_match_finite_differences(sigma):
 
     owner, slot = dense_layout(b, n)
     valid = jnp.asarray(mask.reshape(-1).astype(bool))
-    grads = jax.grad(lambda a, pp, t, l: make_loss(a, pp, t, owner, slot, valid, l, cfg)[0], argnums=(0, 1, 2, 3))(
+    grads = jax.grad(lambda a, pp, t, l: make_loss(LossInputs(a, pp, t, owner, slot, valid, l), cfg)[0],
+                     argnums=(0, 1, 2, 3))(
         *(jnp.asarray(x) for x in args))
     grads = [np.asarray(g) for g in grads]
     for k, name in enumerate(["image", "patch", "text", "logit_scale"]):

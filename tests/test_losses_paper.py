@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from make_jax.losses import LossConfig, make_loss
+from make_jax.losses import LossConfig, LossInputs, make_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -175,9 +175,9 @@ def make_batch(seed, patterns=PATTERNS, n_slots=11, n_patch=6, dim=8, keep_inval
 
 def run_jax(batch, cfg, dtype=jnp.float64):
     img, patch, txt, owner, slot, valid, ls = batch
-    loss, terms = make_loss(jnp.asarray(img, dtype), jnp.asarray(patch, dtype), jnp.asarray(txt, dtype),
-                            jnp.asarray(owner), jnp.asarray(slot), jnp.asarray(valid),
-                            jnp.asarray(ls, dtype), cfg)
+    inputs = LossInputs(jnp.asarray(img, dtype), jnp.asarray(patch, dtype), jnp.asarray(txt, dtype),
+                        jnp.asarray(owner), jnp.asarray(slot), jnp.asarray(valid), jnp.asarray(ls, dtype))
+    loss, terms = make_loss(inputs, cfg)
     return loss, terms
 
 
@@ -225,7 +225,7 @@ def test_float32_and_bfloat16_inputs_compute_in_float32():
     cfg = LossConfig()
     want = ref_loss(*batch, cfg)["loss"]
     img, patch, txt, owner, slot, valid, ls = batch
-    fn = jax.jit(lambda a, p, t, l: make_loss(a, p, t, owner, slot, valid, l, cfg))
+    fn = jax.jit(lambda a, p, t, l: make_loss(LossInputs(a, p, t, owner, slot, valid, l), cfg))
     loss32, _ = fn(*(jnp.asarray(x, jnp.float32) for x in (img, patch, txt, ls)))
     assert loss32.dtype == jnp.float32
     np.testing.assert_allclose(float(loss32), want, rtol=2e-5)
@@ -275,7 +275,7 @@ def test_paper_gradients_match_finite_differences(cfg):
         return ref_loss(a[0], a[1], a[2], owner, slot, valid, float(a[3]), cfg, w=w0, traw=traw)["loss"]
 
     def jloss(a, p, t, l):
-        return make_loss(a, p, t, owner, slot, valid, l, cfg)[0]
+        return make_loss(LossInputs(a, p, t, owner, slot, valid, l), cfg)[0]
 
     grads = [np.asarray(g) for g in jax.grad(jloss, argnums=(0, 1, 2, 3))(*(jnp.asarray(a) for a in args))]
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from make_jax.losses import TABLE3, TERM_NAMES, LossConfig, dense_layout, make_loss
+from make_jax.losses import TABLE3, TERM_NAMES, LossConfig, LossInputs, dense_layout, make_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,7 +46,7 @@ MIXED = np.array([
 
 def _vg(img, patch, txt, owner, slot, valid, ls, cfg):
     def f(a, p, t, l):
-        return make_loss(a, p, t, owner, slot, valid, l, cfg)
+        return make_loss(LossInputs(a, p, t, owner, slot, valid, l), cfg)
 
     return jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True)(img, patch, txt, ls)
 
@@ -188,12 +188,12 @@ def test_clip_switch_is_standard_clip(positives, mode):
     want = _standard_clip(np.asarray(img), raw, math.exp(float(ls)))
     for slra, dkw in [(False, False), (True, True)]:  # no subtext rows exist under clip positives
         cfg = LossConfig(mode=mode, positives=positives, slra=slra, dkw=dkw)
-        loss, terms = make_loss(img, patch, txt, owner, slot, valid, ls, cfg)
+        loss, terms = make_loss(LossInputs(img, patch, txt, owner, slot, valid, ls), cfg)
         np.testing.assert_allclose(float(loss), want, rtol=1e-12)
         assert float(terms["slra"]) == 0.0
     if mode == "paper":  # any row order gives the same value; no patch embeddings are needed
         perm = np.random.default_rng(9).permutation(txt.shape[0])
-        loss, _ = make_loss(img, None, txt[perm], owner[perm], slot[perm], valid[perm], ls,
+        loss, _ = make_loss(LossInputs(img, None, txt[perm], owner[perm], slot[perm], valid[perm], ls),
                             LossConfig(positives=positives))
         np.testing.assert_allclose(float(loss), want, rtol=1e-12)
 
@@ -221,7 +221,7 @@ def test_jit_matches_eager(mode):
     img, patch, txt, owner, slot, valid, ls = batch
 
     def f(a, p, t, o, s_, v, l):
-        return make_loss(a, p, t, o, s_, v, l, cfg)
+        return make_loss(LossInputs(a, p, t, o, s_, v, l), cfg)
 
     eager = jax.value_and_grad(f, argnums=(0, 1, 2, 6), has_aux=True)(*batch)
     # loss and gradients as one ahead-of-time compiled XLA executable

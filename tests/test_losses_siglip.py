@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from make_jax.losses import SIGLIP_ROWS, LossConfig, make_loss
+from make_jax.losses import SIGLIP_ROWS, LossConfig, LossInputs, make_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,8 +51,8 @@ def make_batch(seed, n_images=5, n_slots=3, dim=6):
 
 
 def _jax_loss(img, txt, owner, slot, valid, t, b, cfg):
-    return make_loss(jnp.asarray(img), None, jnp.asarray(txt), jnp.asarray(owner), jnp.asarray(slot),
-                     jnp.asarray(valid), jnp.asarray(t), cfg, logit_bias=jnp.asarray(b))
+    return make_loss(LossInputs(jnp.asarray(img), None, jnp.asarray(txt), jnp.asarray(owner), jnp.asarray(slot),
+                                jnp.asarray(valid), jnp.asarray(t), logit_bias=jnp.asarray(b)), cfg)
 
 
 @pytest.mark.parametrize("row", sorted(SIGLIP_ROWS))
@@ -112,8 +112,8 @@ def test_sigmoid_objective_is_refused_outside_the_clip_rows():
         LossConfig(objective="sigmoid", positives="clip_raw", slra=False, dkw=False, mode="official")
     img, txt, _, owner, slot, valid = make_batch(0)
     with pytest.raises(ValueError, match="logit_bias"):
-        make_loss(jnp.asarray(img), None, jnp.asarray(txt), jnp.asarray(owner), jnp.asarray(slot),
-                  jnp.asarray(valid), jnp.asarray(1.0), SIGLIP_ROWS["siglip"])
+        make_loss(LossInputs(jnp.asarray(img), None, jnp.asarray(txt), jnp.asarray(owner), jnp.asarray(slot),
+                             jnp.asarray(valid), jnp.asarray(1.0)), SIGLIP_ROWS["siglip"])
 
 
 def test_model_bias_exists_only_for_siglip_and_starts_at_siglip_init():

@@ -56,7 +56,7 @@ class PipelineConfig:
     image_size:       output side S (224 for the paper, 64 for the CPU demo).
     context_length:   L ≤ 77; ids are cut to L as the tokenizer would at context L (EOT kept at L-1).
     slot0:            'raw' (slot 0 = the raw caption) or 'dagger' (slot 0 = the Derm1M† text; clip_dagger).
-    output:           'uint8' (normalise on device, ``train.step.normalize_images``) or 'float32' (normalised).
+    output:           'uint8' (normalise on device, ``train.forward.normalize_images``) or 'float32' (normalised).
     seed:             shuffle and augmentation seed.
     num_workers:      worker processes (``mp_prefetch``); 0 = all in this process.
     worker_buffer_size: batches each worker keeps ready.

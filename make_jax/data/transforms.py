@@ -277,5 +277,5 @@ _STD255 = np.asarray(CLIP_STD, np.float32) * 255.0
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 (..., 3) → float32 CLIP-normalised ((x - 255·mean) / (255·std)), as ``train.step.normalize_images``."""
+    """uint8 (..., 3) → float32 CLIP-normalised ((x - 255·mean) / (255·std)), as ``train.forward.normalize_images``."""
     return (images.astype(np.float32) - _MEAN255) / _STD255

@@ -4,8 +4,9 @@ See docs/objectives.md for the equations, the decisions the paper leaves open an
 differences from the public PyTorch code.
 """
 
-from .api import TERM_NAMES, dense_layout, make_loss
+from .api import TERM_NAMES, make_loss
 from .config import SIGLIP_ROWS, TABLE3, LossConfig
+from .inputs import LossInputs, dense_layout
 from .official import (
     official_clip_loss,
     official_dkw_weights,
@@ -22,6 +23,7 @@ __all__ = [
     "TABLE3",
     "TERM_NAMES",
     "LossConfig",
+    "LossInputs",
     "dense_layout",
     "make_loss",
     "official_clip_loss",

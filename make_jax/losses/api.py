@@ -10,17 +10,12 @@ from .common import compute_dtype
 from make_jax.data.schema import NUM_KNOWLEDGE, SLOT_RAW
 
 from .config import LossConfig
+from .inputs import LossInputs
 from .official import official_clip_loss, official_knowledge_embedding, official_loss_from_ek
 from .paper import paper_loss, text_mask
 from .siglip import siglip_loss
 
 TERM_NAMES = ("loss", "i2t", "t2i", "mkcl", "slra", "dkw_mean", "dkw_std")
-
-
-def dense_layout(num_images: int, num_slots: int):
-    """owner and slot of the dense sample-major layout (M = B*N, row r = i*N + n), as int32 arrays."""
-    r = np.arange(num_images * num_slots)
-    return jnp.asarray(r // num_slots, jnp.int32), jnp.asarray(r % num_slots, jnp.int32)
 
 
 def _check_dense(owner, slot, num_images: int, num_slots: int) -> None:
@@ -35,7 +30,8 @@ def _check_dense(owner, slot, num_images: int, num_slots: int) -> None:
         raise ValueError("official mode needs the dense sample-major layout: owner = r // N, slot = r % N")
 
 
-def _official(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config: LossConfig):
+def _official(inputs: LossInputs, config: LossConfig):
+    image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale = inputs
     b = image_emb.shape[0]
     m, d = text_emb.shape
     if m % b:
@@ -75,32 +71,26 @@ def _official(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, c
     return loss, terms
 
 
-def _siglip(image_emb, text_emb, owner, slot, valid, logit_scale, logit_bias, config: LossConfig):
-    if logit_bias is None:
+def _siglip(inputs: LossInputs, config: LossConfig):
+    if inputs.logit_bias is None:
         raise ValueError("objective='sigmoid' needs the model's logit_bias (a model with init_logit_bias set)")
-    v = text_mask(owner, slot, valid, image_emb.shape[0], config)
-    loss = siglip_loss(image_emb, text_emb, owner, v, logit_scale, logit_bias)
+    v = text_mask(inputs.owner, inputs.slot, inputs.valid, inputs.image.shape[0], config)
+    loss = siglip_loss(inputs.image, inputs.text, inputs.owner, v, inputs.logit_scale, inputs.logit_bias)
     zero = jnp.zeros_like(loss)
     # SigLIP has no direction and no second term: i2t, t2i and mkcl all report the one sigmoid loss.
     return loss, {"loss": loss, "i2t": loss, "t2i": loss, "mkcl": loss, "slra": zero,
                   "dkw_mean": zero + 1.0, "dkw_std": zero}
 
 
-def make_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale,
-              config: LossConfig = LossConfig(), logit_bias=None):
-    """The MAKE training objective over the flat text representation (MAKE_SPEC §1-3).
+def make_loss(inputs: LossInputs, config: LossConfig = LossConfig()):
+    """The MAKE training objective over the flat text rows of ``inputs`` (docs/objectives.md).
 
     Args:
-      image_emb: (B, D) L2-normalised image (CLS) embeddings.
-      patch_emb: (B, P, D) L2-normalised patch embeddings (may be None when ``config.slra`` is False
-        or ``config.positives`` is not 'all': SLRA then has no subtext row to act on).
-      text_emb: (M, D) L2-normalised text embeddings, one per text row.
-      owner: (M,) int, image index of each row (in [0, B) for valid rows).
-      slot: (M,) int, 0 raw, 1 disease, 2 concept, 3.. subtexts.
-      valid: (M,) bool, whether the row is a text.
-      logit_scale: scalar, the LOG scale (s = exp(logit_scale)).
-      config: a :class:`LossConfig` (static under jit).
-      logit_bias: scalar, the SigLIP bias b (only for ``config.objective == 'sigmoid'``).
+      inputs: a :class:`LossInputs` (image, patches, text, owner, slot, valid, logit_scale; shapes there).
+        ``patches`` may be None when ``config.slra`` is False or ``config.positives`` is not 'all' (SLRA then
+        has no subtext row to act on).
+      config: a :class:`LossConfig` (static under jit). ``config.objective == 'sigmoid'`` (SigLIP) also reads
+        ``inputs.logit_bias``.
 
     Maths runs in float32 (or float64 when given float64 with x64 enabled), whatever the input dtype.
     Paper mode accepts rows in any order (packed or dense). Official mode needs the dense
@@ -110,8 +100,10 @@ def make_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale,
       (loss, terms) with terms ``loss``, ``i2t``, ``t2i``, ``mkcl``, ``slra`` (unweighted by lambda),
       ``dkw_mean``, ``dkw_std`` (of the weights over valid subtext rows).
     """
+    if not isinstance(inputs, LossInputs):
+        raise TypeError(f"make_loss takes a LossInputs, got {type(inputs).__name__}")
     if config.objective == "sigmoid":
-        return _siglip(image_emb, text_emb, owner, slot, valid, logit_scale, logit_bias, config)
+        return _siglip(inputs, config)
     if config.mode == "paper":
-        return paper_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config)
-    return _official(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config)
+        return paper_loss(inputs, config)
+    return _official(inputs, config)

@@ -83,6 +83,10 @@ class LossConfig:
             return NUM_KNOWLEDGE - 1
         return None
 
+    def slots_used(self, num_slots: int) -> int:
+        """How many leading text slots of N can be texts: encoding the others would be wasted work."""
+        return num_slots if self.max_slot is None else min(self.max_slot + 1, num_slots)
+
 
 # Table 3 of the paper, row by row, as configurations (paper mode).
 TABLE3 = {

@@ -25,6 +25,7 @@ from .common import (
 from make_jax.data.schema import FIRST_SUBTEXT, SLOT_DISEASE, SLOT_RAW
 
 from .config import LossConfig
+from .inputs import LossInputs
 
 
 def text_mask(owner, slot, valid, num_images: int, config: LossConfig) -> jax.Array:
@@ -85,8 +86,9 @@ def knowledge_embedding(patch, text, own, slot, v, num_images: int, config: Loss
     return safe_l2_normalize(e, has_mass), has_raw
 
 
-def paper_loss(image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale, config: LossConfig):
+def paper_loss(inputs: LossInputs, config: LossConfig):
     """Paper-mode loss. See :func:`make_jax.losses.make_loss` for the argument contract."""
+    image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale = inputs
     # SLRA acts on subtext rows only: with positives other than 'all' there are none (term = 0, and
     # patch_emb is not needed).
     use_slra = config.slra and config.max_slot is None

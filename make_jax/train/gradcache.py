@@ -5,9 +5,11 @@ micro-batches. But it depends on the parameters only through the embeddings, whi
 (B×D + B×P×D + E×D floats) while the towers' activations are not. GradCache (Gao et al., 2021) therefore runs:
 
 1. **Pass 1 (no activations kept).** Encode the images and the texts in ``k`` micro-batches, forward only
-   (`jax.lax.map`; nothing is differentiated, so nothing is stored), giving the full-batch embeddings. Compute
-   the full-batch loss and its gradient with respect to the embeddings only: image_emb (B, D), patch_emb
-   (B, P, D), the encoded texts (E, D) and logit_scale. This part is small.
+   (`jax.lax.map`; nothing is differentiated, so nothing is stored), giving the full-batch embeddings as the
+   loss's own pytree, `LossInputs` — the cache. Compute the full-batch loss and its gradient with respect to the
+   cache's float fields only (image (B, D), patches (B, P, D), text rows (M, D), logit_scale), and pull it back
+   through `forward.loss_inputs` to the towers' outputs (the text rows' gather becomes a scatter-add onto the E
+   encoded texts). This part is small.
 2. **Pass 2 (one micro-batch of activations at a time).** For each micro-batch, re-encode it under `jax.vjp`
    and pull the cached embedding gradient back to the tower's parameters; accumulate over micro-batches in a
    `jax.lax.scan`. By the chain rule the sum is exactly dL/dθ of the one-pass step (float32 summation order
@@ -31,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from make_jax.losses import LossConfig
-from make_jax.train.packing import apply_gradients, loss_from_embeddings, make_packed_train_step, text_layout
-from make_jax.train.step import ModelFunctions, TrainState, normalize_images
+from make_jax.losses import LossConfig, LossInputs, make_loss
+from make_jax.train.forward import concat_rows, loss_inputs, normalize_images, text_rows
+from make_jax.train.step import ModelFunctions, TrainState, apply_gradients, make_train_step
 
 _PARAM_GROUPS = ("logit_scale", "text", "visual")
 
@@ -48,6 +50,25 @@ def _unchunk(x: jax.Array) -> jax.Array:
     return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
+def _is_float(x) -> bool:
+    return x is not None and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def float_fields(inputs: LossInputs) -> LossInputs:
+    """The differentiable fields of a LossInputs (the others, the row layout, set to None)."""
+    return LossInputs(*(x if _is_float(x) else None for x in inputs))
+
+
+def cached_loss_and_grads(cached: LossInputs, loss_config: LossConfig):
+    """((loss, terms), gradient) of the loss at the cached `LossInputs`, with respect to every float field (a
+    LossInputs whose integer and boolean fields are None)."""
+
+    def loss_of(floats: LossInputs):
+        return make_loss(LossInputs(*(f if _is_float(c) else c for f, c in zip(floats, cached))), loss_config)
+
+    return jax.value_and_grad(loss_of, has_aux=True)(float_fields(cached))
+
+
 def gradcache_loss_and_grads(fns: ModelFunctions, params: dict, batch: dict, loss_config: LossConfig,
                              microbatches: int):
     """((loss, terms), grads) of the one-pass `value_and_grad`, computed in two passes over ``microbatches``."""
@@ -56,52 +77,52 @@ def gradcache_loss_and_grads(fns: ModelFunctions, params: dict, batch: dict, los
     k = int(microbatches)
     if k < 1:
         raise ValueError(f"microbatches must be >= 1, got {k}")
-    groups = text_layout(batch, loss_config)[0]
+    rows = text_rows(batch, loss_config)
     images = _chunks(batch["images"], k, "images")
-    texts = [_chunks(ids, k, f"text group {g}") for g, ids in enumerate(groups)]
+    texts = [_chunks(ids, k, f"text group {g}") for g, ids in enumerate(rows.groups)]
 
     def encode_images(visual, x):
-        out = fns.merge(dict(params, visual=visual)).encode_image_and_patches(normalize_images(x))
-        return out.embedding, out.patches
+        return fns.merge(dict(params, visual=visual)).encode_image_and_patches(normalize_images(x))
 
     def encode_texts(text, t):
         return fns.merge(dict(params, text=text)).encode_text(t)
 
-    # Pass 1: forward only, micro-batch by micro-batch.
-    image_emb, patch_emb = jax.lax.map(lambda x: encode_images(params["visual"], x), images)
-    text_emb = [_unchunk(jax.lax.map(lambda t: encode_texts(params["text"], t), chunks)) for chunks in texts]
-    sizes = [t.shape[0] for t in text_emb]
-    text_emb = text_emb[0] if len(text_emb) == 1 else jnp.concatenate(text_emb, axis=0)
-    image_emb, patch_emb = _unchunk(image_emb), _unchunk(patch_emb)
+    def unchunk(tree):
+        return jax.tree.map(_unchunk, tree)
 
-    def loss_of_embeddings(ie, pe, te, ls):
-        return loss_from_embeddings(ie, pe, te, ls, batch, loss_config)
-
-    (loss, terms), (g_img, g_patch, g_text, g_scale) = jax.value_and_grad(
-        loss_of_embeddings, argnums=(0, 1, 2, 3), has_aux=True)(image_emb, patch_emb, text_emb,
-                                                              params["logit_scale"])
+    # Pass 1: forward only, micro-batch by micro-batch, into the loss's pytree (the cache).
+    image_out = unchunk(jax.lax.map(lambda x: encode_images(params["visual"], x), images))
+    encoded = [unchunk(jax.lax.map(lambda t: encode_texts(params["text"], t), chunks)) for chunks in texts]
+    sizes = [jax.tree.leaves(t)[0].shape[0] for t in encoded]
+    encoded = concat_rows(encoded)
+    _, pull_cache = jax.vjp(lambda io, e, ls: float_fields(loss_inputs(io, e, ls, rows)),
+                                 image_out, encoded, params["logit_scale"])
+    cached = loss_inputs(image_out, encoded, params["logit_scale"], rows)
+    (loss, terms), g_cache = cached_loss_and_grads(cached, loss_config)
+    # back through the towers' outputs → loss fields map (the rows' gather becomes a scatter-add)
+    g_image, g_encoded, g_scale = pull_cache(g_cache)
 
     # Pass 2: re-encode each micro-batch under vjp and accumulate the parameter gradients.
     def image_body(acc, xs):
-        x, gi, gp = xs
+        x, g_out = xs
         _, pull = jax.vjp(lambda v: encode_images(v, x), params["visual"])
-        (g,) = pull((gi, gp))
-        return jax.tree.map(jnp.add, acc, g), None
+        (gv,) = pull(g_out)
+        return jax.tree.map(jnp.add, acc, gv), None
 
     def text_body(acc, xs):
         t, gt = xs
         _, pull = jax.vjp(lambda p: encode_texts(p, t), params["text"])
-        (g,) = pull(gt)
-        return jax.tree.map(jnp.add, acc, g), None
+        (gp,) = pull(gt)
+        return jax.tree.map(jnp.add, acc, gp), None
 
-    g_visual, _ = jax.lax.scan(image_body, jax.tree.map(jnp.zeros_like, params["visual"]),
-                               (images, _chunks(g_img, k, "image grads"), _chunks(g_patch, k, "patch grads")))
+    g_image = jax.tree.map(lambda g: _chunks(g, k, "image grads"), g_image)
+    g_visual, _ = jax.lax.scan(image_body, jax.tree.map(jnp.zeros_like, params["visual"]), (images, g_image))
     g_textp = jax.tree.map(jnp.zeros_like, params["text"])
     offsets = [0]
     for size in sizes:
         offsets.append(offsets[-1] + size)
-    for g, chunks in enumerate(texts):  # one scan per length group (each at its own context length)
-        g_group = _chunks(g_text[offsets[g]:offsets[g + 1]], k, "text grads")
+    for i, chunks in enumerate(texts):  # one scan per length group (each at its own context length)
+        g_group = jax.tree.map(lambda g: _chunks(g[offsets[i]:offsets[i + 1]], k, "text grads"), g_encoded)
         g_textp, _ = jax.lax.scan(text_body, g_textp, (chunks, g_group))
     grads = {"logit_scale": g_scale.astype(params["logit_scale"].dtype), "text": g_textp, "visual": g_visual}
     return (loss, terms), grads
@@ -124,7 +145,7 @@ def select_train_step(fns: ModelFunctions, optimizer: optax.GradientTransformati
     """The config switch: ``microbatches`` ≤ 1 → the one-pass step (dense or packed batches); > 1 → GradCache."""
     if microbatches and microbatches > 1:
         return make_gradcache_train_step(fns, optimizer, loss_config, schedule, microbatches)
-    return make_packed_train_step(fns, optimizer, loss_config, schedule)
+    return make_train_step(fns, optimizer, loss_config, schedule)
 
 
-__all__ = ["gradcache_loss_and_grads", "make_gradcache_train_step", "select_train_step"]
+__all__ = ["cached_loss_and_grads", "float_fields", "gradcache_loss_and_grads", "make_gradcache_train_step", "select_train_step"]

@@ -28,8 +28,8 @@ from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
 from make_jax.train.flops import peak_flops, train_flops_per_image
 from make_jax.train.metrics_writer import MetricWriter
 from make_jax.train.optimizer import make_optimizer
-from make_jax.train.step import (ModelFunctions, TrainState, batch_sharding, jit_train_step,
-                                 make_mesh, make_train_step, replicated, slots_to_encode)
+from make_jax.train.gradcache import select_train_step
+from make_jax.train.step import ModelFunctions, TrainState, batch_sharding, jit_train_step, make_mesh, replicated
 
 logger = logging.getLogger("make_jax.train")
 
@@ -202,23 +202,15 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
         raise ValueError("loss.objective='sigmoid' (SigLIP) runs with the one-pass step: set microbatches=1 and "
                          "packing.enabled=False")
     pack = packing_config(config, loss_cfg, microbatches)
-    if microbatches > 1:  # GradCache: same loss and gradients as one pass, activations of one micro-batch at a time
-        from make_jax.train.gradcache import make_gradcache_train_step
-
-        step_impl = make_gradcache_train_step(fns, optimizer, loss_cfg, schedule, microbatches)
-    elif pack is not None:
-        from make_jax.train.packing import make_packed_train_step
-
-        step_impl = make_packed_train_step(fns, optimizer, loss_cfg, schedule)
-    else:
-        step_impl = make_train_step(fns, optimizer, loss_cfg, schedule)
+    # microbatches > 1: GradCache (same loss and gradients as one pass, activations of one micro-batch at a time)
+    step_impl = select_train_step(fns, optimizer, loss_cfg, schedule, microbatches)
     step_fn = jit_train_step(step_impl, mesh, state)
     sharding = batch_sharding(mesh)
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
     log_every = int(config.get("log_every", 10))
     ckpt_every = int(config.get("checkpoint_every", 0)) or total_steps
     peak = peak_flops(jax.devices()[0].device_kind)
-    texts_per_image = slots_to_encode(loss_cfg, config.data.get("num_slots", 11))
+    texts_per_image = loss_cfg.slots_used(config.data.get("num_slots", 11))
     flops_per_image = train_flops_per_image(model_cfg, texts_per_image, config.data.get("context_length", 77))
 
     evaluator = PeriodicZeroShot(config, fns) if is_main and config.eval.get("every") and config.eval.get("csv") \

@@ -1,4 +1,5 @@
-"""Exact text savings for the train step: packing, context buckets and de-duplication (paper mode).
+"""Exact text savings for the train step, on the host (numpy): packing, context buckets and de-duplication
+(paper mode). The packed batch is read on device by `train.forward` (the one forward of both steps).
 
 The dense batch encodes B·N text slots at 77 tokens. Most of that work is wasted: invalid slots are masked out
 of the loss, texts are much shorter than 77 tokens, and the disease and concept texts repeat across the images of
@@ -49,17 +50,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from make_jax.data.schema import FIRST_SUBTEXT
-from make_jax.losses import LossConfig, make_loss
-from make_jax.models import CLIP
-from make_jax.train.step import ModelFunctions, TrainState, apply_gradients, normalize_images, slots_to_encode
+from make_jax.losses import LossConfig
 
 DEFAULT_BUCKETS = (16, 24, 32, 48, 64, 77)
 ROW_KEYS = ("row_text", "row_owner", "row_slot", "row_valid")
@@ -242,7 +238,7 @@ def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossCo
     ids = np.asarray(batch["text_ids"])
     valid = np.asarray(batch["text_valid"]).astype(bool)
     b, n, length = ids.shape
-    n_used = slots_to_encode(loss_config, n)
+    n_used = loss_config.slots_used(n)
     rows = np.flatnonzero(valid[:, :n_used].ravel())  # sample-major row numbers of the valid rows
     owner = (rows // n_used).astype(np.int32)
     slot = (rows % n_used).astype(np.int32)
@@ -316,7 +312,7 @@ def batch_text_counts(text_ids: np.ndarray, text_valid: np.ndarray, loss_config:
     """Per-batch statistics for choosing budgets: valid rows, unique valid texts, longest valid text."""
     ids = np.asarray(text_ids)
     b, n, length = ids.shape
-    n_used = slots_to_encode(loss_config, n)
+    n_used = loss_config.slots_used(n)
     rows = np.flatnonzero(np.asarray(text_valid)[:, :n_used].ravel())
     flat = canonical_ids(ids[:, :n_used].reshape(b * n_used, length)[rows])
     return {"valid": int(rows.size), "unique": int(unique_rows(flat)[0].size),
@@ -344,7 +340,7 @@ def suggest_pack_config(sample_batches: Sequence[dict] | Sequence[tuple], quanti
         counts.append(batch_text_counts(ids, valid, loss_config))
     if not counts:
         raise ValueError("need at least one sample batch")
-    b, n = shape[0], slots_to_encode(loss_config, shape[1])
+    b, n = shape[0], loss_config.slots_used(shape[1])
     full = round_up(b * n, multiple_of)
     m = min(full, round_up(np.quantile([c["valid"] for c in counts], quantile), multiple_of))
     u = min(m, round_up(np.quantile([c["unique"] for c in counts], quantile), multiple_of))
@@ -354,7 +350,7 @@ def suggest_pack_config(sample_batches: Sequence[dict] | Sequence[tuple], quanti
                       multiple_of=multiple_of)
 
 
-# ---- device side ------------------------------------------------------------------------------------------
+# ---- the layout's keys (read on device by `train.forward.text_rows`) -----------------------------------------
 
 def is_packed(batch: dict) -> bool:
     return "row_text" in batch
@@ -368,83 +364,18 @@ def text_groups(batch: dict) -> int:
     return g
 
 
-def text_layout(batch: dict, loss_config: LossConfig):
-    """The texts to encode and the loss rows of a dense or packed batch.
-
-    Returns (groups: a list of ids arrays (E_g, L_g) whose encodings are concatenated, row_text (M,) or None —
-    None means row r is text r —, owner, slot, valid).
-    """
-    if is_packed(batch):
-        groups = [batch[f"text_ids_{g}"] for g in range(text_groups(batch))]
-        return groups, batch["row_text"], batch["row_owner"], batch["row_slot"], batch["row_valid"]
-    n_used = slots_to_encode(loss_config, batch["text_ids"].shape[1])
-    ids = batch["text_ids"][:, :n_used]
-    b, n, length = ids.shape
-    rows = jnp.arange(b * n, dtype=jnp.int32)
-    return [ids.reshape(b * n, length)], None, rows // n, rows % n, batch["text_valid"][:, :n_used].reshape(b * n)
-
-
-def encode_text_groups(model: CLIP, groups) -> jax.Array:
-    """Each group at its own context length, concatenated: (Σ E_g, D)."""
-    out = [model.encode_text(ids) for ids in groups]
-    return out[0] if len(out) == 1 else jnp.concatenate(out, axis=0)
-
-
-def gather_rows(encoded: jax.Array, row_text) -> jax.Array:
-    """Embeddings of the loss rows from the encoded texts (a gather; its gradient is the scatter-add)."""
-    return encoded if row_text is None else jnp.take(encoded, row_text, axis=0)
-
-
-def loss_from_embeddings(image_emb, patch_emb, encoded_text, logit_scale, batch: dict, loss_config: LossConfig):
-    """The configured loss given the encoded texts (E, D) of a dense or packed batch (groups concatenated)."""
-    _, row_text, owner, slot, valid = text_layout(batch, loss_config)
-    return make_loss(image_emb, patch_emb, gather_rows(encoded_text, row_text), owner, slot, valid, logit_scale,
-                     loss_config)
-
-
-def packed_forward_loss(model: CLIP, batch: dict, loss_config: LossConfig):
-    """`train.step.forward_loss` for dense or packed batches. Returns (loss, terms)."""
-    groups = text_layout(batch, loss_config)[0]
-    image_out = model.encode_image_and_patches(normalize_images(batch["images"]))
-    encoded = encode_text_groups(model, groups)
-    return loss_from_embeddings(image_out.embedding, image_out.patches, encoded, model.logit_scale[...], batch,
-                                loss_config)
-
-
-def make_packed_train_step(fns: ModelFunctions, optimizer: optax.GradientTransformation, loss_config: LossConfig,
-                           schedule: Callable | None = None):
-    """`train.step.make_train_step` for dense or packed batches (same signature and metrics). Jit it with
-    `train.step.jit_train_step`; each (tier, buckets) shape compiles once."""
-
-    def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        def loss_fn(params):
-            return packed_forward_loss(fns.merge(params), batch, loss_config)
-
-        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        return apply_gradients(state, grads, terms, optimizer, schedule)
-
-    return step_fn
-
-
 __all__ = [
     "DEFAULT_BUCKETS",
     "ROW_KEYS",
     "PackConfig",
-    "apply_gradients",
     "batch_text_counts",
     "canonical_ids",
     "choose_bucket",
-    "encode_text_groups",
-    "gather_rows",
     "is_packed",
-    "loss_from_embeddings",
-    "make_packed_train_step",
     "pack_batch",
-    "packed_forward_loss",
     "subtext_drop_order",
     "suggest_pack_config",
     "text_groups",
-    "text_layout",
     "text_lengths",
     "unique_rows",
 ]

@@ -1,14 +1,12 @@
-"""The train step: one pure function (state, batch) → (state, metrics), jitted once with donated state.
+"""The one-pass train step: one pure function (state, batch) → (state, metrics), jitted once with donated state.
 
 The model is split once into a static graph definition and a pure dict of float32 parameters; the step merges
 them inside (`nnx.merge`), so everything that crosses the jit boundary is a plain pytree of arrays that Orbax
 saves as it is and that shards by rule.
 
-Batch layout (dense; what the input pipeline yields):
-  images      (B, H, W, 3) float32 normalised, or uint8 (then normalised on device — 4× less host→device traffic)
-  text_ids    (B, N, L) int32, N text slots per image (spec §1), L ≤ 77 tokens
-  text_valid  (B, N) bool
-The step flattens texts to M = B·N rows with owner = row // N and slot = row % N (the loss's flat form).
+The step is `value_and_grad(make_loss ∘ forward)` then `apply_gradients`; `forward` (`train.forward`) reads
+dense and packed batches alike. GradCache (`train.gradcache`) is the only other step: same update and metrics,
+gradients computed in two passes. `train.gradcache.select_train_step` picks between them.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from flax import nnx
 from make_jax.losses import LossConfig, make_loss
 from make_jax.models import CLIP
 from make_jax.models.clip import LOGIT_SCALE_MAX
-from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD
+from make_jax.train.forward import forward
 
 Params = dict
 
@@ -57,42 +55,9 @@ class ModelFunctions:
         return nnx.merge(self.graphdef, state)
 
 
-def slots_to_encode(loss_config: LossConfig, num_slots: int) -> int:
-    """How many leading text slots the loss can use: encoding the others would be wasted work (exact saving)."""
-    if loss_config.positives in ("clip_raw", "clip_dagger"):
-        return 1
-    if loss_config.positives == "knowledge":
-        return min(3, num_slots)
-    return num_slots
-
-
-def normalize_images(images: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """uint8 (B, H, W, 3) → CLIP-normalised float; float input is taken as already normalised."""
-    if images.dtype == jnp.uint8:
-        mean = jnp.asarray(CLIP_MEAN, jnp.float32) * 255.0
-        std = jnp.asarray(CLIP_STD, jnp.float32) * 255.0
-        return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
-    return images
-
-
 def forward_loss(model: CLIP, batch: dict, loss_config: LossConfig):
-    """Encodes the batch and applies the configured loss.  Returns (loss, terms)."""
-    n_used = slots_to_encode(loss_config, batch["text_ids"].shape[1])
-    ids = batch["text_ids"][:, :n_used]
-    valid = batch["text_valid"][:, :n_used]
-    b, n, length = ids.shape
-    images = normalize_images(batch["images"])
-    image_out = model.encode_image_and_patches(images)
-    text_emb = model.encode_text(ids.reshape(b * n, length))
-    rows = jnp.arange(b * n, dtype=jnp.int32)
-    owner, slot = rows // n, rows % n
-    return make_loss(image_out.embedding, image_out.patches, text_emb, owner, slot, valid.reshape(b * n),
-                     model.logit_scale[...], loss_config, logit_bias=logit_bias_of(model))
-
-
-def logit_bias_of(model: CLIP):
-    """The model's SigLIP bias, or None for a model without one."""
-    return model.logit_bias[...] if hasattr(model, "logit_bias") else None
+    """The configured loss of a dense or packed batch: (loss, terms)."""
+    return make_loss(forward(model, batch, loss_config), loss_config)
 
 
 def init_train_state(model: CLIP, optimizer: optax.GradientTransformation) -> tuple[ModelFunctions, TrainState]:
@@ -103,7 +68,7 @@ def init_train_state(model: CLIP, optimizer: optax.GradientTransformation) -> tu
 
 def apply_gradients(state: TrainState, grads, terms: dict, optimizer: optax.GradientTransformation,
                     schedule: Callable | None) -> tuple[TrainState, dict]:
-    """The optimizer update shared by every step variant (one pass, packed, GradCache): AdamW, then
+    """The optimizer update shared by both steps (one pass, GradCache): AdamW, then
     `logit_scale` clamped to [0, ln 100]; metrics = loss terms, grad norm, exp(logit_scale), lr (float32)."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -120,7 +85,8 @@ def apply_gradients(state: TrainState, grads, terms: dict, optimizer: optax.Grad
 
 def make_train_step(fns: ModelFunctions, optimizer: optax.GradientTransformation, loss_config: LossConfig,
                     schedule: Callable | None = None):
-    """The pure step (not jitted; see `jit_train_step`).
+    """The pure one-pass step for dense or packed batches (not jitted; see `jit_train_step`; each packed shape
+    compiles once).
 
     After the AdamW update `logit_scale` is clamped to [0, ln 100] (open_clip does this after every step).
     Metrics: the loss terms, the learning rate, exp(logit_scale) and the gradient's global norm, all float32.
