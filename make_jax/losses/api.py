@@ -31,7 +31,8 @@ def _check_dense(owner, slot, num_images: int, num_slots: int) -> None:
 
 
 def _official(inputs: LossInputs, config: LossConfig):
-    image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale = inputs
+    image_emb, patch_emb, text_emb = inputs.image, inputs.patches, inputs.text
+    owner, slot, valid, logit_scale = inputs.owner, inputs.slot, inputs.valid, inputs.logit_scale
     b = image_emb.shape[0]
     m, d = text_emb.shape
     if m % b:

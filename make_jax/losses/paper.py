@@ -88,7 +88,8 @@ def knowledge_embedding(patch, text, own, slot, v, num_images: int, config: Loss
 
 def paper_loss(inputs: LossInputs, config: LossConfig):
     """Paper-mode loss. See :func:`make_jax.losses.make_loss` for the argument contract."""
-    image_emb, patch_emb, text_emb, owner, slot, valid, logit_scale = inputs
+    image_emb, patch_emb, text_emb = inputs.image, inputs.patches, inputs.text
+    owner, slot, valid, logit_scale = inputs.owner, inputs.slot, inputs.valid, inputs.logit_scale
     # SLRA acts on subtext rows only: with positives other than 'all' there are none (term = 0, and
     # patch_emb is not needed).
     use_slra = config.slra and config.max_slot is None
