@@ -552,6 +552,8 @@ def child(args) -> int:
     prof = PROFILES["dry" if args.dry_run else "gpu"]
     if args.dry_run:  # the same code path at CPU sizes; the peer runs on CPU too
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        # compile fast, run slowly: the dry run checks the code, not the speed (about 2× less CPU time)
+        os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
     if args.part == "torch_peer":  # jax is imported (FLOP counts) but must never take the GPU's memory here
         os.environ["JAX_PLATFORMS"] = "cpu"
     else:  # jax parts: room for batch 2048 (the default preallocation is 75 % of the device)
