@@ -2,7 +2,7 @@
 side with the public PyTorch code, and keeps every figure it got when it is cut short.
 
     bash benchmarks/gpu_suite.sh --out $OUT                        # on the GPU machine (installs .whl/ first)
-    python benchmarks/gpu_suite.py --out DIR [--budget-s 480] [--only jax_dense,torch_peer] [--no-trace]
+    python benchmarks/gpu_suite.py --out DIR [--budget-s 480] [--only torch_peer,eval] [--no-trace]
     python benchmarks/gpu_suite.py --dry-run --out DIR             # CPU, tiny model, 2 steps a part (a test runs it)
 
 Parts, in this order (a part is skipped when less budget is left than it needs to produce a figure, and is cut
@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,20 +170,19 @@ def build_jax_step(model_cfg, loss_config, mode: str, microbatches: int, sample_
     prepare(dense numpy batch) → (batch for the step, dict of pack stats or None). The train-step API is being
     redesigned (one loss-input pytree); adapt this function, and only it, when it changes."""
     import jax
-    import jax.numpy as jnp
+    from flax import nnx
 
     from make_jax.models import create_model
     from make_jax.train.gradcache import make_gradcache_train_step
     from make_jax.train.optimizer import make_optimizer
     from make_jax.train.packing import DEFAULT_BUCKETS, make_packed_train_step, pack_batch, suggest_pack_config
-    from make_jax.train.step import ModelFunctions, TrainState, jit_train_step, make_mesh, make_train_step
+    from make_jax.train.step import init_train_state, jit_train_step, make_mesh, make_train_step
 
     model = create_model(model_cfg, seed=0)
-    fns = ModelFunctions(model)
-    params = fns.params(model)
+    optimizer, schedule = make_optimizer(nnx.to_pure_dict(nnx.state(model, nnx.Param)), lr=1e-4, warmup_steps=10,
+                                         total_steps=1000)
+    fns, state = init_train_state(model, optimizer)
     del model
-    optimizer, schedule = make_optimizer(params, lr=1e-4, warmup_steps=10, total_steps=1000)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
     mesh = make_mesh()
     k = microbatches if mode == "gradcache" else 1
     if mode == "dense":
@@ -572,6 +572,7 @@ def orchestrate(args) -> int:
     res = {"device": {"command": args.command, "budget_s": args.budget_s, "profile": "dry" if args.dry_run else "gpu"},
            "runs": []}
     _save(args.out, res)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally` that ends the running part
     parts = [p for p in PARTS if not args.only or p in args.only.split(",")]
     start = time.monotonic()
     log = open(os.path.join(args.out, "suite.log"), "a")
@@ -592,11 +593,17 @@ def orchestrate(args) -> int:
         cmd += [] if args.trace else ["--no-trace"]
         t0 = time.monotonic()
         print(f"[suite] {part}: start ({left:.0f} s left)", flush=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=left)
-            rc, output = proc.returncode, proc.stdout
-        except subprocess.TimeoutExpired as e:
-            rc, output = "timeout", (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            output, _ = proc.communicate(timeout=left)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            rc = "timeout"
+        finally:
+            if proc.poll() is None:  # the orchestrator itself is being stopped: never leave a part running
+                proc.kill()
         log.write(f"==== {part} (rc {rc}, {time.monotonic() - t0:.1f} s)\n{output}\n")
         log.flush()
         if args.verbose or rc != 0:
@@ -621,7 +628,9 @@ def main(argv=None) -> int:
     wheel_check.guard_from_env()  # GPU_SUITE_IMAGE_ONLY: refuse imports the GPU machine would not have
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for results.json, suite.log and the trace")
-    ap.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole suite")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="wall-clock budget of the whole suite (default 480; 3600 with --dry-run, which only checks "
+                         "that the code runs, on whatever CPU the tests have)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model, small batches, 2 steps a part")
     ap.add_argument("--only", default="", help=f"comma-separated parts (default all): {','.join(PARTS)}")
     ap.add_argument("--no-trace", dest="trace", action="store_false", help="no jax profiler trace of the packed step")
@@ -641,6 +650,8 @@ def main(argv=None) -> int:
     unknown = [p for p in args.only.split(",") if p and p not in PARTS]
     if unknown:
         ap.error(f"--only: unknown parts {unknown}; known: {', '.join(PARTS)}")
+    if args.budget_s is None:
+        args.budget_s = 3600.0 if args.dry_run else 480.0
     args.out = os.path.abspath(args.out)
     if args.command is None:
         args.command = "python benchmarks/gpu_suite.py " + " ".join(sys.argv[1:] if argv is None else argv)
