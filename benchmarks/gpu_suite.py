@@ -451,9 +451,9 @@ def _sync(device: str) -> None:
 def part_input_pipeline(args, prof):
     import grain
 
-    from make_jax.data import convert as C
+    from make_jax.records import convert as C
     from make_jax.data import pipeline as P
-    from make_jax.data.synthderm.generate import SynthDermConfig, generate
+    from make_jax.synthderm.generate import SynthDermConfig, generate
 
     work = os.path.join(args.work, "pipeline")
     shutil.rmtree(work, ignore_errors=True)
