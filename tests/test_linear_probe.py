@@ -34,7 +34,7 @@ def blobs(n_per, k, d, seed, spread=1.5):
 def sk_fit(x, y, C):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return LogisticRegression(C=C, tol=1e-12, max_iter=100000).fit(x, y)
+        return LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(x, y)
 
 
 @pytest.mark.parametrize("C", [0.01, 1.0, 100.0])
@@ -154,11 +154,11 @@ def test_task_full_data_equals_sklearn_on_the_same_features(tiny_set):
 
 def test_task_few_shot_mean_and_std_over_seeds(tiny_set):
     root, rows, enc = tiny_set
-    r = run_task(enc, "linear_probe", csv=str(root / "set.csv"), shots=[1, 4], seeds=[0, 1, 2], progress=False)
+    r = run_task(enc, "linear_probe", csv=str(root / "set.csv"), shots=[1, 4], seeds=[0, 1], progress=False)
     assert set(r["few_shot"]) == {"1", "4"}
     for s, v in r["few_shot"].items():
         runs = v["runs"]
-        assert [x["train_size"] for x in runs] == [3 * int(s)] * 3
+        assert [x["train_size"] for x in runs] == [3 * int(s)] * 2
         for key in ("accuracy", "macro_f1", "macro_auroc_ovr"):
             vals = [x["metrics"][key] for x in runs]
             assert v["mean"][key] == pytest.approx(np.mean(vals), abs=1e-12)
