@@ -164,7 +164,7 @@ def part_device(args, prof) -> None:
 
 # ---- the make_jax step: the one place that calls make_jax's train-step API ---------------------------------
 
-def build_jax_step(model_cfg, loss_config, mode: str, microbatches: int, sample_batches: list, batch_size: int):
+def build_jax_step(model_cfg, loss_config, mode: str, microbatches: int, sample_batches: list):
     """(init state, jitted step, prepare) for `mode` in {'packed', 'dense', 'gradcache'}.
 
     prepare(dense numpy batch) → (batch for the step, dict of pack stats or None). The train-step API is being
@@ -173,10 +173,10 @@ def build_jax_step(model_cfg, loss_config, mode: str, microbatches: int, sample_
     from flax import nnx
 
     from make_jax.models import create_model
-    from make_jax.train.gradcache import make_gradcache_train_step
+    from make_jax.train.gradcache import select_train_step
     from make_jax.train.optimizer import make_optimizer
-    from make_jax.train.packing import DEFAULT_BUCKETS, make_packed_train_step, pack_batch, suggest_pack_config
-    from make_jax.train.step import init_train_state, jit_train_step, make_mesh, make_train_step
+    from make_jax.train.packing import DEFAULT_BUCKETS, pack_batch, suggest_pack_config
+    from make_jax.train.step import init_train_state, jit_train_step, make_mesh
 
     model = create_model(model_cfg, seed=0)
     optimizer, schedule = make_optimizer(nnx.to_pure_dict(nnx.state(model, nnx.Param)), lr=1e-4, warmup_steps=10,
@@ -185,13 +185,10 @@ def build_jax_step(model_cfg, loss_config, mode: str, microbatches: int, sample_
     del model
     mesh = make_mesh()
     k = microbatches if mode == "gradcache" else 1
-    if mode == "dense":
-        step_fn, pack = make_train_step(fns, optimizer, loss_config, schedule), None
-    else:
-        pack = suggest_pack_config(sample_batches, quantile=0.99, multiple_of=k * jax.device_count(), dedup=True,
-                                   buckets=DEFAULT_BUCKETS, groups=LENGTH_GROUPS, loss_config=loss_config)
-        step_fn = (make_gradcache_train_step(fns, optimizer, loss_config, schedule, microbatches=k) if k > 1
-                   else make_packed_train_step(fns, optimizer, loss_config, schedule))
+    pack = None if mode == "dense" else suggest_pack_config(
+        sample_batches, quantile=0.99, multiple_of=k * jax.device_count(), dedup=True, buckets=DEFAULT_BUCKETS,
+        groups=LENGTH_GROUPS, loss_config=loss_config)
+    step_fn = select_train_step(fns, optimizer, loss_config, schedule, microbatches=k)  # one-pass or GradCache
     jitted = jit_train_step(step_fn, mesh, state)
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
@@ -244,7 +241,7 @@ def time_jax(args, prof, name: str, mode: str, remat, microbatches: int = 1, tra
     size = model_cfg.vision.image_size
     sampler = Derm1MLike(size, seed=1000)  # budgets from other batches than the timed ones
     samples = [{k: v for k, v in sampler.batch(b).items() if k != "images"} for _ in range(8)]
-    state, jitted, prepare, mesh = build_jax_step(model_cfg, loss_config, mode, microbatches, samples, b)
+    state, jitted, prepare, mesh = build_jax_step(model_cfg, loss_config, mode, microbatches, samples)
     gen = Derm1MLike(size, seed=0)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     batches, t_pack = [], 0.0
