@@ -9,6 +9,7 @@ concept and retrieval sets (WORKDIR/eval.json). Rerunning resumes from WORKDIR's
 """
 
 from configs.common import base_config
+from make_jax.train.config import FinalEvalOptions, SynthDermOptions, section
 
 
 def get_config():
@@ -19,10 +20,10 @@ def get_config():
     c.model.activation = "gelu"
     c.init_from = "scratch"  # a tiny model on synthetic data: no pretrained weights exist for it
 
-    # SynthDerm generation and its records, made before training when absent (make_jax/synthderm/prepare.py);
-    # the step points c.data.records at the converted dataset.
-    c.prepare.synthderm = dict(out="data/synthderm", records="data/synthderm/records", seed=0, num_train=2000,
-                               num_val=200, image_size=80, shorter_side=56)
+    # SynthDerm generation and its records, made before training when absent (make_jax/synthderm/prepare.py).
+    # data.records stays empty: the step fills in SynthDerm's records; a --config.data.records=DIR is kept.
+    c.prepare.synthderm = section(SynthDermOptions, out="data/synthderm", records="data/synthderm/records", seed=0,
+                                  num_train=2000, num_val=200, image_size=80, shorter_side=56)
     c.data.image_size = 32
     c.data.context_length = 32
     c.data.workers = 0
@@ -47,5 +48,5 @@ def get_config():
     c.eval.classnames = "data/synthderm/zeroshot/classnames.json"
 
     # Evaluation of the export on SynthDerm's held-out sets (paths relative to c.prepare.synthderm.out).
-    c.final_eval = dict(zero_shot=True, concepts=True, retrieval=True)
+    c.final_eval = section(FinalEvalOptions)
     return c

@@ -19,10 +19,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from make_jax.errors import InputError
 from make_jax.models.config import ModelConfig, TextConfig, VisionConfig
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be converted: unknown architecture, missing/unexpected keys, wrong shapes."""
 
 

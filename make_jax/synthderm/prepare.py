@@ -1,8 +1,9 @@
 """The demo's data preparation step: SynthDerm and its records, made when absent (``config.prepare.synthderm``).
 
 Options (all required; configs/demo.py sets them): ``out`` (SynthDerm folder), ``records`` (records root),
-``seed``, ``num_train``, ``num_val``, ``image_size`` (generated px), ``shorter_side`` (records px). The step
-points ``config.data.records`` at the converted dataset. Both halves resume: the generator is skipped when
+``seed``, ``num_train``, ``num_val``, ``image_size`` (generated px), ``shorter_side`` (records px). When
+``config.data.records`` is empty the step converts SynthDerm and points it at the converted dataset; a dataset the
+user named there is kept (SynthDerm is still generated: the demo evaluates on it). Both halves resume: the generator is skipped when
 ``out/synthderm.json`` exists, the converter skips finished shards.
 """
 
@@ -25,6 +26,9 @@ def prepare(config, *, out: str, records: str, seed: int, num_train: int, num_va
         logger.info("generating SynthDerm in %s", root)
         generate(root, SynthDermConfig(seed=seed, num_train=num_train, num_val=num_val, image_size=image_size),
                  workers=1, progress=config.progress)
+    if config.data.records:
+        logger.info("training on config.data.records=%s (not SynthDerm's records)", config.data.records)
+        return
     result = convert(str(root / "make" / "train.csv"), str(root / "make"), str(records),
                      val_csv=str(root / "make" / "val.csv"), shorter_side=shorter_side, workers=None,
                      progress=config.progress, log=logger.info)

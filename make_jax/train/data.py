@@ -4,19 +4,17 @@ from __future__ import annotations
 
 
 def pipeline_config(config):
-    """`config.data` → PipelineConfig. `config.data.augment` (optional) overrides fields of the spec §6 train
-    transform (TrainTransformConfig: scale, ratio, jitter_prob, brightness, contrast, saturation, hue,
-    grayscale_prob)."""
+    """`config.data` → PipelineConfig; `config.data.augment` holds every TrainTransformConfig field but `size`
+    (which is `data.image_size`)."""
     from make_jax.data.pipeline import PipelineConfig
     from make_jax.data.transforms import TrainTransformConfig
 
     d = config.data
-    augment = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(d.get("augment") or {}).items()}
+    augment = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in d.augment.items()}
     return PipelineConfig(image_size=d.image_size, context_length=d.context_length, slot0=d.slot0, output="uint8",
-                          seed=config.seed, num_workers=d.get("workers", 0),
-                          prefetch_batches=d.get("prefetch", 2), read_threads=d.get("read_threads", 0),
-                          augment=TrainTransformConfig(**augment),
-                          official_inputs=config.loss.get("mode", "paper") == "official")
+                          seed=config.seed, num_workers=d.workers, prefetch_batches=d.prefetch,
+                          read_threads=d.read_threads, augment=TrainTransformConfig(**augment),
+                          official_inputs=config.loss.mode == "official")
 
 
 def make_train_data(config, process_index: int, process_count: int):
@@ -29,8 +27,8 @@ def make_train_data(config, process_index: int, process_count: int):
         raise ValueError("config.data.records is empty: point it at a dataset written by "
                          "`python -m make_jax.records.convert` (see docs/data.md)")
     dataset = train_dataset(d.records, global_batch_size=config.batch_size, config=pipeline_config(config),
-                            split=d.get("split", "train"))
-    return iter(dataset), num_records(d.records, d.get("split", "train"))
+                            split=d.split)
+    return iter(dataset), num_records(d.records, d.split)
 
 
 def sample_batches(config, count: int) -> list[dict]:
@@ -40,5 +38,5 @@ def sample_batches(config, count: int) -> list[dict]:
 
     d = config.data
     it = iter(train_dataset(d.records, global_batch_size=config.batch_size, config=pipeline_config(config),
-                            split=d.get("split", "train")))
+                            split=d.split))
     return [next(it) for _ in range(count)]

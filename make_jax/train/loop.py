@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,20 +23,23 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from make_jax.errors import Interrupted
 from make_jax.losses import LossConfig
 from make_jax.losses.siglip import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT
 from make_jax.models import ModelConfig, create_model, get_model_config
 from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
+from make_jax.train.config import ConfigError, check_config, check_paths, check_steps
 from make_jax.train.flops import peak_flops, train_flops_per_image
 from make_jax.train.metrics_writer import MetricWriter
 from make_jax.train.optimizer import make_optimizer
 from make_jax.train.gradcache import select_train_step
 from make_jax.train.step import ModelFunctions, TrainState, batch_sharding, jit_train_step, make_mesh, replicated
+from make_jax.train.workdir import check_writable, claim_workdir
 
 logger = logging.getLogger("make_jax.train")
 
 
-class InitFromError(ValueError):
+class InitFromError(ConfigError):
     """`config.init_from` says neither a checkpoint nor 'scratch'; the message is one line (launch.py prints it)."""
 
 
@@ -62,8 +67,8 @@ def model_config_from(config) -> ModelConfig:
     """The preset `config.model.name` with the config's numerics; a SigLIP loss (loss.objective 'sigmoid') adds the
     learnable `logit_bias` and SigLIP's initial (t, b) = (log 10, -10)."""
     m = config.model
-    overrides = {k: m[k] for k in ("dtype", "remat", "attention", "activation") if k in m and m[k] is not None}
-    if config.loss.get("objective", "softmax") == "sigmoid":
+    overrides = dict(dtype=m.dtype, remat=m.remat, attention=m.attention, activation=m.activation)
+    if config.loss.objective == "sigmoid":
         overrides.update(init_logit_scale=SIGLIP_LOGIT_SCALE_INIT, init_logit_bias=SIGLIP_LOGIT_BIAS_INIT)
     return get_model_config(m.name, **overrides)
 
@@ -117,19 +122,11 @@ def initial_params(config, model_cfg: ModelConfig, params):
     return loaded
 
 
-def total_steps_of(config, num_examples: int | None) -> int:
-    if config.get("total_steps", 0) and config.total_steps > 0:
-        return int(config.total_steps)
-    if not num_examples:
-        raise ValueError("set config.total_steps, or config.epochs with a dataset of known size")
-    return int(config.epochs * num_examples // config.batch_size)
-
-
 def packing_config(config, loss_cfg: LossConfig, microbatches: int):
     """The PackConfig of `config.packing` (None when off). Packing needs paper mode and one process (every
     process would otherwise have to agree on the budgets and offset its owners)."""
-    p = config.get("packing")
-    if not p or not p.get("enabled"):
+    p = config.packing
+    if not p.enabled:
         return None
     if loss_cfg.mode != "paper":
         raise ValueError("config.packing needs loss.mode='paper': official mode uses the dense layout")
@@ -138,10 +135,9 @@ def packing_config(config, loss_cfg: LossConfig, microbatches: int):
     from make_jax.train.data import sample_batches
     from make_jax.train.packing import suggest_pack_config
 
-    samples = sample_batches(config, int(p.get("sample_batches", 16)))
-    pack = suggest_pack_config(samples, quantile=p.get("quantile", 0.99),
-                               multiple_of=jax.device_count() * max(microbatches, 1), dedup=p.get("dedup", True),
-                               groups=tuple(p.get("groups", (1.0,))), loss_config=loss_cfg)
+    samples = sample_batches(config, p.sample_batches)
+    pack = suggest_pack_config(samples, quantile=p.quantile, multiple_of=jax.device_count() * microbatches,
+                               dedup=p.dedup, groups=tuple(p.groups), loss_config=loss_cfg)
     logger.info("text packing: %s", pack)
     return pack
 
@@ -152,28 +148,33 @@ def _global_batch(batch: dict, sharding) -> dict:
 
 
 def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None = None,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, allow_config_change: bool = False) -> dict:
     """Runs (or resumes) the training described by `config` in `workdir`.
+
+    Before any work: the whole config is checked (`check_config`, `check_paths`, the step count), the workdir
+    must be writable, and a workdir that holds a run must hold this run (`claim_workdir`; a changed field is
+    refused unless `allow_config_change`). Ctrl-C ends the run after the current step with a checkpoint of it
+    (`Interrupted`); a second Ctrl-C stops at once.
 
     `make_data(config, process_index, process_count) -> (iterator, num_examples)` builds the input; the default
     is the Grain pipeline over `config.data`. `stop_after` ends the run after that many steps of *this call*
     (for tests and benchmarks); checkpoints and export then follow the usual rules.
     """
+    options = check_config(config)
+    if make_data is None:
+        check_paths(options)
+        from make_jax.train.data import make_train_data as make_data
     maybe_initialize_distributed()
     check_init_from(config)  # before any work
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = check_writable(workdir, "workdir")
     is_main = jax.process_index() == 0
     config_dict = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
-    if is_main:
-        (workdir / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-
     model_cfg = model_config_from(config)
     loss_cfg = loss_config_from(config)
-    if make_data is None:
-        from make_jax.train.data import make_train_data as make_data
     data_iter, num_examples = make_data(config, jax.process_index(), jax.process_count())
-    total_steps = total_steps_of(config, num_examples)
+    total_steps = check_steps(options, num_examples, jax.device_count())
+    claim_workdir(workdir, config_dict, allow_change=allow_config_change, step=_latest_saved(workdir),
+                  write=is_main)
 
     model = create_model(model_cfg, seed=config.seed)
     fns = ModelFunctions(model)
@@ -182,12 +183,12 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     o = config.optim
     optimizer, schedule = make_optimizer(
         params, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=total_steps, b1=o.b1, b2=o.b2, eps=o.eps,
-        weight_decay=o.weight_decay, grad_clip_norm=o.get("grad_clip_norm") or None)
+        weight_decay=o.weight_decay, grad_clip_norm=o.grad_clip_norm or None)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
     mesh = make_mesh()
     state = jax.device_put(state, jax.tree.map(lambda _: replicated(mesh), state))
-    ckpts = TrainCheckpoints(workdir / "checkpoints", max_to_keep=config.get("keep_checkpoints", 3))
+    ckpts = TrainCheckpoints(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
     start = 0
     latest = ckpts.latest_step()
     if latest is not None:
@@ -197,34 +198,35 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
         start = int(state.step)
         logger.info("resumed from %s at step %d", ckpts.directory / str(latest), start)
 
-    microbatches = int(config.get("microbatches", 1) or 1)
-    if loss_cfg.objective == "sigmoid" and (microbatches > 1 or (config.get("packing") or {}).get("enabled")):
-        raise ValueError("loss.objective='sigmoid' (SigLIP) runs with the one-pass step: set microbatches=1 and "
-                         "packing.enabled=False")
+    microbatches = config.microbatches
+    if loss_cfg.objective == "sigmoid" and (microbatches > 1 or config.packing.enabled):
+        raise ConfigError("loss.objective='sigmoid' (SigLIP) runs with the one-pass step: set microbatches=1 and "
+                          "packing.enabled=False")
     pack = packing_config(config, loss_cfg, microbatches)
     # microbatches > 1: GradCache (same loss and gradients as one pass, activations of one micro-batch at a time)
     step_impl = select_train_step(fns, optimizer, loss_cfg, schedule, microbatches)
     step_fn = jit_train_step(step_impl, mesh, state)
     sharding = batch_sharding(mesh)
-    writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
-    log_every = int(config.get("log_every", 10))
-    ckpt_every = int(config.get("checkpoint_every", 0)) or total_steps
+    writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
+    log_every = config.log_every
+    ckpt_every = config.checkpoint_every
     peak = peak_flops(jax.devices()[0].device_kind)
-    texts_per_image = loss_cfg.slots_used(config.data.get("num_slots", 11))
-    flops_per_image = train_flops_per_image(model_cfg, texts_per_image, config.data.get("context_length", 77))
+    texts_per_image = loss_cfg.slots_used(config.data.num_slots)
+    flops_per_image = train_flops_per_image(model_cfg, texts_per_image, config.data.context_length)
 
-    evaluator = PeriodicZeroShot(config, fns) if is_main and config.eval.get("every") and config.eval.get("csv") \
-        else None
+    evaluator = PeriodicZeroShot(config, fns) if is_main and config.eval.every and config.eval.csv else None
     last = {}
     dropped_texts = 0
     finite = jnp.asarray(True)
     t_last, steps_since = time.perf_counter(), 0
-    bar = tqdm(total=total_steps, initial=start, desc="train", disable=not is_main or not config.get("progress", True),
+    bar = tqdm(total=total_steps, initial=start, desc="train", disable=not is_main or not config.progress,
                dynamic_ncols=True)
     end = total_steps if stop_after is None else min(total_steps, start + stop_after)
     step = start
+    saved = start if latest is not None else None
+    stop = _InterruptFlag()
     try:
-        while step < end:
+        while step < end and not stop.requested:
             host_batch = next(data_iter)
             if pack is not None:
                 from make_jax.train.packing import pack_batch
@@ -259,9 +261,16 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
                                                                   "images_per_s", "mfu") if k in last})
             if save_now:
                 ckpts.save(step, state, data_iter.get_state(), config_dict)
+                saved = step
             if evaluator is not None and (step % config.eval.every == 0 or step == end):
                 writer.write(step, evaluator(state.params), prefix="eval")
+        if stop.requested:  # Ctrl-C: the step in flight finished; keep it
+            if saved != step:
+                ckpts.save(step, state, data_iter.get_state(), config_dict)
+            raise Interrupted(f"stopped at step {step} of {total_steps}; checkpoint {ckpts.directory / str(step)} "
+                              "saved; rerun the same command to resume")
     finally:
+        stop.restore()
         bar.close()
         writer.close()
 
@@ -271,6 +280,34 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
         result["export"] = str(export_dir) if export_dir else None
     ckpts.close()
     return result
+
+
+def _latest_saved(workdir: Path) -> int | None:
+    """The highest step directory under WORKDIR/checkpoints (for the config-change log), without Orbax."""
+    steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+    return max(steps, default=None)
+
+
+class _InterruptFlag:
+    """While training, the first Ctrl-C (SIGINT) only asks the loop to stop after the current step and save it;
+    a second one interrupts at once (KeyboardInterrupt, nothing more saved). Off the main thread: no handler."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupt: stopping after the current step and saving it (Ctrl-C again to stop now)")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class PeriodicZeroShot:
@@ -292,11 +329,11 @@ class PeriodicZeroShot:
 
         host = jax.device_get(params)
         if self.encoder is None:
-            self.encoder = Encoder(self.fns.merge(host), batch_size=self.config.eval.get("batch_size", 64))
+            self.encoder = Encoder(self.fns.merge(host), batch_size=self.config.eval.batch_size)
         else:
             self.encoder.set_params(host)
         e = self.config.eval
-        result = zero_shot.run(self.encoder, csv=e.csv, classes=e.classnames, image_root=e.get("images") or None,
+        result = zero_shot.run(self.encoder, csv=e.csv, classes=e.classnames, image_root=e.images or None,
                                progress=False)
         return {k: v for k, v in headline(result).items() if isinstance(v, (int, float))}
 

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from make_jax.losses import SIGLIP_ROWS, TABLE3, LossConfig
+from make_jax.train.config import ConfigError
 
 logger = logging.getLogger("make_jax.train")
 
@@ -33,7 +34,7 @@ ROWS = {
 def apply_row(config, row: str):
     """`config` with the loss switches (and slot-0 text) of ablation row `row`; `config.row` records it."""
     if row not in ROWS:
-        raise ValueError(f"unknown ablation row {row!r}; known: {sorted(ROWS)}")
+        raise ConfigError(f"unknown ablation row {row!r}; known: {sorted(ROWS)}")
     loss = ROWS[row]
     for k, v in dataclasses.asdict(loss).items():
         if k in config.loss:

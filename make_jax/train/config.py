@@ -1,0 +1,386 @@
+"""The training config's schema: sections built from dataclass defaults, and the whole-config check.
+
+Every section of `configs/common.base_config()` is `section(SomeDataclass)`, so each field and its default is
+declared once, here or in the dataclass that consumes it (`LossConfig`, `TrainTransformConfig`), and every field
+can be overridden on the command line (`--config.loss.eps=1e-8`). `check_config` runs before any work: it refuses
+a field no dataclass declares (a typo), a value of the wrong type and a value out of range, each in one line that
+names the field (`ConfigError`).
+
+    c.loss = section(LossConfig)            # every LossConfig field, with its default
+    options = check_config(c)               # -> TrainOptions (typed, validated) or ConfigError
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from make_jax.data.transforms import TrainTransformConfig
+from make_jax.errors import InputError
+from make_jax.losses.config import LossConfig
+
+
+class ConfigError(InputError):
+    """A config field that is unknown, missing, of the wrong type or out of range; the message is one line."""
+
+
+# ---- the sections ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Top-level fields. `total_steps` > 0 overrides `epochs`; the steps of a run must come out > 0.
+
+    init_from: a converted checkpoint directory to start from (the recipe: OpenAI CLIP ViT-B/16 through
+    make_jax.convert), or "scratch" for open_clip's random initialisation; empty is refused (say which one).
+    microbatches: > 1 runs the two-pass embedding-cache step (GradCache) over this many micro-batches — the
+    same loss and gradients as one pass with the memory of one micro-batch's activations.
+    checkpoint_every: steps between checkpoints (the last step is always saved).
+    """
+
+    seed: int = 0
+    init_from: str = ""
+    batch_size: int = 2048
+    microbatches: int = 1
+    epochs: float = 15.0
+    total_steps: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        _positive(self, "batch_size", "microbatches", "log_every", "checkpoint_every", "keep_checkpoints")
+        if self.total_steps < 0 or self.epochs < 0:
+            raise ConfigError(f"config.total_steps and config.epochs must be >= 0, got {self.total_steps} and "
+                              f"{self.epochs}")
+        if self.total_steps == 0 and self.epochs == 0:
+            raise ConfigError("config.total_steps and config.epochs are both 0: the run would train nothing")
+        if self.batch_size % self.microbatches:
+            raise ConfigError(f"config.batch_size={self.batch_size} is not a multiple of "
+                              f"config.microbatches={self.microbatches}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """A preset of make_jax.models.config.PRESETS and the numerics that may differ from it."""
+
+    name: str = "ViT-B-16"
+    dtype: str = "bfloat16"
+    remat: bool | str = True  # or one tower: 'vision' / 'text'
+    attention: str = "auto"
+    activation: str = "quick_gelu"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """Records written by `python -m make_jax.data.convert` and the pipeline over them (PipelineConfig).
+
+    records: the dataset directory; in a config with a `synthderm` section, empty means SynthDerm's records.
+    num_slots: text slots per image (counts the texts a step encodes, for FLOPs).
+    workers / prefetch / read_threads: PipelineConfig's num_workers / prefetch_batches / read_threads.
+    """
+
+    records: str = ""
+    split: str = "train"
+    image_size: int = 224
+    context_length: int = 77
+    num_slots: int = 11
+    slot0: str = "raw"
+    workers: int = 8
+    prefetch: int = 2
+    read_threads: int = 0
+
+    def __post_init__(self):
+        _positive(self, "image_size", "context_length", "num_slots", section="data")
+        _non_negative(self, "workers", "prefetch", "read_threads", section="data")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimOptions:
+    """AdamW and open_clip's warm-up + cosine schedule (make_jax.train.optimizer); grad_clip_norm 0: no clipping."""
+
+    lr: float = 1e-4
+    warmup_steps: int = 1500
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.1
+    grad_clip_norm: float = 0.0
+
+    def __post_init__(self):
+        _positive(self, "eps", section="optim")
+        _non_negative(self, "lr", "warmup_steps", "weight_decay", "grad_clip_norm", section="optim")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"config.optim.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingOptions:
+    """Exact text savings (paper mode, one process; make_jax/train/packing.py, docs/performance.md): encode only
+    the valid texts, once each, in length groups at the shortest context that holds them. Budgets come from
+    `sample_batches` batches (the `quantile` of valid and distinct texts per batch, plus a full fallback tier)."""
+
+    enabled: bool = False
+    sample_batches: int = 16
+    quantile: float = 0.99
+    groups: tuple[float, ...] = (0.6, 0.2, 0.2)
+    dedup: bool = True
+
+    def __post_init__(self):
+        _positive(self, "sample_batches", section="packing")
+        if not 0 < self.quantile <= 1:
+            raise ConfigError(f"config.packing.quantile must be in (0, 1], got {self.quantile}")
+        if not self.groups or any(g <= 0 for g in self.groups):
+            raise ConfigError(f"config.packing.groups must be positive fractions, got {self.groups}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """Periodic zero-shot evaluation on one set every `every` steps (0: off)."""
+
+    every: int = 0
+    csv: str = ""
+    images: str = ""
+    classnames: str = ""
+    batch_size: int = 64
+
+    def __post_init__(self):
+        _non_negative(self, "every", section="eval")
+        _positive(self, "batch_size", section="eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSteps:
+    """`config.prepare`: data preparation steps run before training (make_jax.train.prepare.STEPS), each an
+    optional sub-section below."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthDermOptions:
+    """`config.prepare.synthderm` (make_jax/synthderm/prepare.py): SynthDerm generated into `out` when absent and
+    converted into `records` with images stored at `shorter_side` — unless config.data.records names a dataset."""
+
+    out: str = "data/synthderm"
+    records: str = "data/synthderm/records"
+    seed: int = 0
+    num_train: int = 2000
+    num_val: int = 200
+    image_size: int = 80
+    shorter_side: int = 256
+
+    def __post_init__(self):
+        _positive(self, "num_train", "image_size", "shorter_side", section="prepare.synthderm")
+        _non_negative(self, "num_val", section="prepare.synthderm")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalEvalOptions:
+    """Evaluation of the export on SynthDerm's held-out sets at the end of a demo run."""
+
+    zero_shot: bool = True
+    concepts: bool = True
+    retrieval: bool = True
+
+
+# Section path → (dataclass, fields of it that are not config fields). "" is the top level.
+SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "": (RunOptions, ()),
+    "model": (ModelOptions, ()),
+    "loss": (LossConfig, ()),
+    "data": (DataOptions, ()),
+    "data.augment": (TrainTransformConfig, ("size",)),  # size is data.image_size
+    "optim": (OptimOptions, ()),
+    "packing": (PackingOptions, ()),
+    "eval": (EvalOptions, ()),
+    "prepare": (PrepareSteps, ()),
+}
+# Sections a config may add (demo, ablation); absent means "not used".
+OPTIONAL_SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "prepare.synthderm": (SynthDermOptions, ()),
+    "final_eval": (FinalEvalOptions, ()),
+}
+# Top-level scalars a config may add: the ablation row (a label) and the rows of a sweep.
+OPTIONAL_FIELDS: dict[str, type] = {"row": str, "sweep_rows": str}
+
+
+def section(cls: type, exclude: tuple[str, ...] = (), **overrides):
+    """A ConfigDict of `cls`'s fields with their defaults (minus `exclude`), then `overrides`."""
+    import ml_collections
+
+    values = {f.name: _default(f) for f in dataclasses.fields(cls) if f.name not in exclude}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
+    values.update(overrides)
+    return ml_collections.ConfigDict(values)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """The typed, validated config of one training run."""
+
+    run: RunOptions
+    model: ModelOptions
+    loss: LossConfig
+    data: DataOptions
+    augment: TrainTransformConfig
+    optim: OptimOptions
+    packing: PackingOptions
+    eval: EvalOptions
+    synthderm: SynthDermOptions | None
+    final_eval: FinalEvalOptions | None
+
+
+def check_config(config) -> TrainOptions:
+    """Every field of `config` (a ConfigDict or nested dict) checked against the schema; raises `ConfigError`
+    (one line naming the field) for an unknown, missing, mistyped or out-of-range field."""
+    tree = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    every = {**SECTIONS, **OPTIONAL_SECTIONS}
+    typed = {}
+    for path, (cls, exclude) in every.items():
+        node = tree
+        for part in filter(None, path.split(".")):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and path in OPTIONAL_SECTIONS:
+            typed[path] = None
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"config.{path}: missing section (start from configs/common.base_config())")
+        children = {p for p in every if p and "." not in p} if not path else \
+            {p[len(path) + 1:] for p in every if p.startswith(path + ".") and "." not in p[len(path) + 1:]}
+        extra = OPTIONAL_FIELDS if not path else {}
+        typed[path] = _build(cls, exclude, node, path, skip=children | set(extra))
+        for name, kind in extra.items():
+            if name in node and not isinstance(node[name], kind):
+                raise ConfigError(f"config.{name} must be a {kind.__name__}, got {node[name]!r}")
+    return TrainOptions(run=typed[""], model=typed["model"], loss=typed["loss"], data=typed["data"],
+                        augment=typed["data.augment"], optim=typed["optim"], packing=typed["packing"],
+                        eval=typed["eval"], synthderm=typed["prepare.synthderm"], final_eval=typed["final_eval"])
+
+
+def check_paths(options: TrainOptions) -> None:
+    """The inputs a run reads exist (run after demo preparation has filled in its paths)."""
+    from make_jax.data.records import resolve_dataset_dir
+
+    if not options.data.records:
+        raise ConfigError("config.data.records is empty: point it at a dataset written by "
+                          "`python -m make_jax.data.convert` (see docs/data.md)")
+    try:
+        resolve_dataset_dir(options.data.records)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"config.data.records: {e}") from None
+    if options.run.init_from not in ("", "scratch") and not Path(options.run.init_from, "model_config.json").is_file():
+        raise ConfigError(f"config.init_from: {options.run.init_from} is not a make_jax checkpoint directory "
+                          "(no model_config.json)")
+    if options.eval.every:
+        if not options.eval.csv or not options.eval.classnames:
+            raise ConfigError("config.eval.every > 0 needs config.eval.csv and config.eval.classnames")
+        for name in ("csv", "classnames"):
+            if not Path(getattr(options.eval, name)).is_file():
+                raise ConfigError(f"config.eval.{name}: no file {getattr(options.eval, name)}")
+        if options.eval.images and not Path(options.eval.images).is_dir():
+            raise ConfigError(f"config.eval.images: no directory {options.eval.images}")
+
+
+def check_steps(options: TrainOptions, num_examples: int | None, device_count: int) -> int:
+    """The run's total steps (> 0), with the global batch divisible over the devices and micro-batches."""
+    run = options.run
+    per = device_count * run.microbatches
+    if run.batch_size % per:
+        raise ConfigError(f"config.batch_size={run.batch_size} is not divisible by {device_count} device(s) "
+                          f"x config.microbatches={run.microbatches}")
+    if run.total_steps > 0:
+        return run.total_steps
+    if not num_examples:
+        raise ConfigError("set config.total_steps, or config.epochs with a dataset of known size")
+    steps = int(run.epochs * num_examples // run.batch_size)
+    if steps <= 0:
+        raise ConfigError(f"config.epochs={run.epochs} over {num_examples} examples at batch "
+                          f"{run.batch_size} gives {steps} steps; raise epochs or set config.total_steps")
+    return steps
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    raise ConfigError(f"field {f.name} has no default")
+
+
+def _build(cls: type, exclude: tuple[str, ...], node: dict, path: str, skip: set[str]):
+    where = f"config.{path}." if path else "config."
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in exclude}
+    unknown = sorted(k for k in node if k not in fields and k not in skip)
+    if unknown:
+        raise ConfigError(f"{where}{unknown[0]}: unknown field (known: {', '.join(sorted(set(fields) | skip))})")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name in fields:
+        if name not in node:
+            raise ConfigError(f"{where}{name}: missing (start from configs/common.base_config())")
+        values[name] = _coerce(node[name], hints[name], f"{where}{name}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where.rstrip('.')}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """`value` as the annotated type (int → float, list → tuple); ConfigError when it is not of that type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name} must be {hint}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a tuple, got {value!r}")
+        args = typing.get_args(hint)
+        inner = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(inner) != len(value):
+            raise ConfigError(f"{name} must have {len(inner)} values, got {value!r}")
+        return tuple(_coerce(v, t, name) for v, t in zip(value, inner))
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a schema type this checker does not know
+        raise ConfigError(f"{name}: cannot check values of type {hint}")
+    raise ConfigError(f"{name} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _positive(obj, *names: str, section: str = "") -> None:
+    for name in names:
+        if not getattr(obj, name) > 0:
+            raise ConfigError(f"config.{section + '.' if section else ''}{name} must be > 0, got {getattr(obj, name)}")
+
+
+def _non_negative(obj, *names: str, section: str = "") -> None:
+    for name in names:
+        if not getattr(obj, name) >= 0:
+            raise ConfigError(f"config.{section + '.' if section else ''}{name} must be >= 0, got "
+                              f"{getattr(obj, name)}")
