@@ -5,13 +5,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from make_jax.models.clip import LOGIT_SCALE_MAX
-from make_jax.train.loop import total_steps_of
+from make_jax.train.config import check_config, check_steps
 from make_jax.train.optimizer import make_optimizer
 from make_jax.train.step import TrainState, apply_gradients
 
@@ -119,14 +118,20 @@ def test_logit_scale_is_clamped_to_zero_and_ln_100_after_the_update(start, grad,
 
 
 def test_epochs_become_whole_steps_and_total_steps_wins():
-    c = ml_collections.ConfigDict({"total_steps": 0, "epochs": 2.5, "batch_size": 8})
-    assert total_steps_of(c, 100) == 31  # 2.5 epochs x 100 examples = 250 examples = 31 full batches of 8
+    from configs.common import base_config
+
+    def steps(c, n):
+        return check_steps(check_config(c), n, device_count=1)
+
+    c = base_config()
+    c.total_steps, c.epochs, c.batch_size = 0, 2.5, 8
+    assert steps(c, 100) == 31  # 2.5 epochs x 100 examples = 250 examples = 31 full batches of 8
     c.epochs = 15.0
     c.batch_size = 2048
-    assert total_steps_of(c, 403_563) == 2955  # spec §7: 15 epochs of 403,563 pairs at 2048 ≈ 2,955 steps
+    assert steps(c, 403_563) == 2955  # spec §7: 15 epochs of 403,563 pairs at 2048 ≈ 2,955 steps
     c.total_steps = 7
-    assert total_steps_of(c, 100) == 7
+    assert steps(c, 100) == 7
     c.total_steps = 0
     with pytest.raises(ValueError, match="total_steps"):
-        total_steps_of(c, None)
+        steps(c, None)
 

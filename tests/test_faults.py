@@ -1,0 +1,225 @@
+"""Bad inputs and faults (issue #13): each is refused in one line naming what is wrong, before any work, and
+nothing is lost or silently changed. The one-line paths are tested in-process where possible; the few subprocess
+tests run the real command line (launch.py, the converters) on tiny inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=timeout)
+
+
+def _one_line_error(proc, *needles):
+    """A refused command: non-zero exit, no traceback, one line on stderr that holds every needle."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# ---- config: sections from dataclass defaults, whole-config check --------------------------------------------
+
+def test_every_dataclass_field_is_a_config_field_with_its_default():
+    import dataclasses
+
+    from configs.common import base_config
+    from make_jax.data.transforms import TrainTransformConfig
+    from make_jax.losses import LossConfig
+
+    c = base_config()
+    assert dict(c.loss) == dataclasses.asdict(LossConfig())  # eps included: settable
+    want = {k: v for k, v in dataclasses.asdict(TrainTransformConfig()).items() if k != "size"}
+    assert dict(c.data.augment) == want
+
+
+def test_loss_eps_is_honoured():
+    from configs.common import base_config
+    from make_jax.train.loop import loss_config_from
+
+    c = base_config()
+    c.loss.eps = 1e-8
+    assert loss_config_from(c).eps == 1e-8
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: setattr(c, "log_every", 0), "config.log_every must be > 0"),
+    (lambda c: setattr(c, "checkpoint_every", 0), "config.checkpoint_every must be > 0"),
+    (lambda c: setattr(c, "total_steps", -5), "config.total_steps"),
+    (lambda c: (setattr(c, "total_steps", 0), setattr(c, "epochs", 0.0)), "train nothing"),
+    (lambda c: setattr(c, "microbatches", 3), "not a multiple of config.microbatches=3"),
+    (lambda c: setattr(c.eval, "every", -1), "config.eval.every must be >= 0"),
+    (lambda c: setattr(c.optim, "b2", 1.0), "config.optim.b2"),
+    (lambda c: setattr(c.loss, "sigma", -0.1), "config.loss: sigma must be >= 0"),
+    (lambda c: setattr(c.data.augment, "hue", 0.9), "config.data.augment: hue"),
+    (lambda c: c.data.__setitem__("recods", "x"), "config.data.recods: unknown field"),
+    (lambda c: c.data.__setitem__("shuffle", False), "config.data.shuffle: unknown field"),  # was never read
+    (lambda c: c.__delitem__("log_every"), "config.log_every: missing"),
+])
+def test_bad_config_values_are_refused_in_one_line(edit, needle):
+    from configs.common import base_config
+    from make_jax.train.config import ConfigError, check_config
+
+    c = base_config()
+    c.unlock() if hasattr(c, "unlock") else None
+    edit(c)
+    with pytest.raises(ConfigError) as e:
+        check_config(c)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_steps_batch_and_paths_are_checked_before_any_work(tmp_path):
+    from configs.common import base_config
+    from make_jax.train.config import ConfigError, check_config, check_paths, check_steps
+
+    c = base_config()
+    c.total_steps, c.epochs, c.batch_size = 0, 0.5, 64
+    with pytest.raises(ConfigError, match="gives 0 steps"):
+        check_steps(check_config(c), 100, device_count=1)  # 0.5 x 100 / 64 = 0 steps
+    c.total_steps = 10
+    with pytest.raises(ConfigError, match="not divisible by 3 device"):
+        check_steps(check_config(c), 100, device_count=3)
+    c.data.records = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="config.data.records"):
+        check_paths(check_config(c))
+    c.data.records = ""
+    with pytest.raises(ConfigError, match="config.data.records is empty"):
+        check_paths(check_config(c))
+
+
+def test_the_demo_keeps_a_records_path_the_user_gives(synthderm_small):
+    from configs.demo import get_config
+    from make_jax.train.run import prepare_synthderm
+
+    root, _ = synthderm_small
+    c = get_config()
+    c.synthderm.out = str(root)
+    c.data.records = "/data/my_records"
+    c.eval.every = 0
+    prepare_synthderm(c)
+    assert c.data.records == "/data/my_records"
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--config.data.recods=x"], ["launch.py: error:", "recods"]),
+    (["--config.log_every=0"], ["config.log_every must be > 0"]),
+    (["--config.total_steps=-5"], ["config.total_steps"]),
+    (["--config=configs/no_such_config.py"], ["no config file configs/no_such_config.py"]),
+])
+def test_launch_refuses_bad_config_in_one_line(args, needles):
+    proc = _cli("launch.py", "--config", "configs/demo.py", *args, "--print_config")
+    assert proc.returncode == 2
+    _one_line_error(proc, *needles)
+
+
+# ---- config drift in a used workdir ----------------------------------------------------------------------------
+
+def test_config_drift_is_refused_naming_each_field_and_the_record_is_kept(tmp_path):
+    from make_jax.train.config import ConfigError
+    from make_jax.train.workdir import CHANGES_FILE, CONFIG_FILE, claim_workdir
+
+    old = {"optim": {"lr": 1e-3}, "total_steps": 10, "loss": {"slra": True}, "model": {"name": "tiny"},
+           "progress": True}
+    assert claim_workdir(tmp_path, old) == {}
+    record = (tmp_path / CONFIG_FILE).read_bytes()
+    assert claim_workdir(tmp_path, dict(old, progress=False)) == {}  # display only: not drift
+    new = {"optim": {"lr": 2e-3}, "total_steps": 20, "loss": {"slra": True}, "model": {"name": "tiny"},
+           "progress": True}
+    with pytest.raises(ConfigError) as e:
+        claim_workdir(tmp_path, new)
+    msg = str(e.value)
+    assert "optim.lr: 0.001 -> 0.002" in msg and "total_steps: 10 -> 20" in msg and "slra" not in msg
+    assert "--allow_config_change" in msg and "\n" not in msg
+    assert (tmp_path / CONFIG_FILE).read_bytes() == record
+    assert claim_workdir(tmp_path, new, allow_change=True, step=3) == {"optim.lr": (1e-3, 2e-3),
+                                                                       "total_steps": (10, 20)}
+    assert (tmp_path / CONFIG_FILE).read_bytes() == record  # the record of the run as it started
+    log = [json.loads(line) for line in (tmp_path / CHANGES_FILE).read_text().splitlines()]
+    assert log == [{"resumed_at_step": 3, "changes": {"optim.lr": [1e-3, 2e-3], "total_steps": [10, 20]}}]
+    with pytest.raises(ConfigError, match="another model"):
+        claim_workdir(tmp_path, dict(new, model={"name": "ViT-B-16"}), allow_change=True)
+
+
+def test_train_refuses_a_workdir_of_another_run_before_writing(synthderm_small, tmp_path):
+    from make_jax.train.config import ConfigError
+    from make_jax.train.loop import train
+
+    _, records = synthderm_small
+    run = tmp_path / "run"
+    run.mkdir()
+    c = tiny_train_config(records, total_steps=2)
+    saved = json.loads(c.to_json_best_effort())
+    saved["optim"]["lr"] = 0.5
+    (run / "config.json").write_text(json.dumps(saved))
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(ConfigError, match="optim.lr: 0.5 -> 0.001"):
+        train(c, run)
+    assert (run / "config.json").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # no checkpoint, no metrics
+
+
+@pytest.mark.parametrize("kind", ["file", "under_a_file"])
+def test_an_unwritable_workdir_is_refused_before_the_work(tmp_path, kind):
+    from make_jax.train.config import ConfigError
+    from make_jax.train.workdir import check_writable
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    target = blocker if kind == "file" else blocker / "run"
+    with pytest.raises(ConfigError, match="workdir"):
+        check_writable(target, "workdir")
+
+
+# ---- interrupts ------------------------------------------------------------------------------------------------
+
+def test_ctrl_c_saves_the_current_step_and_says_so(synthderm_small, tmp_path):
+    from make_jax.errors import Interrupted
+    from make_jax.train.checkpointing import TrainCheckpoints
+    from make_jax.train.data import make_train_data
+    from make_jax.train.loop import train
+
+    _, records = synthderm_small
+
+    class SigintAtSecondBatch:
+        def __init__(self, it):
+            self.it, self.n = it, 0
+
+        def __next__(self):
+            self.n += 1
+            if self.n == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the loop fetches batch 2
+            return next(self.it)
+
+        def get_state(self):
+            return self.it.get_state()
+
+        def set_state(self, s):
+            self.it.set_state(s)
+
+    def make_data(config, index, count):
+        it, n = make_train_data(config, index, count)
+        return SigintAtSecondBatch(it), n
+
+    c = tiny_train_config(records, total_steps=6, checkpoint_every=5)
+    with pytest.raises(Interrupted, match="stopped at step 2 of 6") as e:
+        train(c, tmp_path / "run", make_data=make_data)
+    assert "rerun" in str(e.value)
+    ckpts = TrainCheckpoints(tmp_path / "run" / "checkpoints")
+    assert ckpts.all_steps() == [2]
+    ckpts.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
