@@ -26,9 +26,10 @@ logger = logging.getLogger("make_jax.convert")
 
 
 def convert(src: str | Path, out: str | Path, *, format: str = "auto", activation: str | None = None,
-            overwrite: bool = False) -> Path:
-    """Reads `src` (see make_jax.checkpoint.readers) and writes the make_jax checkpoint directory `out`."""
-    source = readers.read_source(src, format=format, activation=activation)
+            overwrite: bool = False, allow_torchscript: bool = False) -> Path:
+    """Reads `src` (see make_jax.checkpoint.readers) and writes the make_jax checkpoint directory `out`.
+    `allow_torchscript`: load `src` even if it is a TorchScript archive (runs its code; standalone files only)."""
+    source = readers.read_source(src, format=format, activation=activation, allow_torchscript=allow_torchscript)
     params = open_clip_to_params(source.state_dict, source.config)
     meta = {"converted_from": str(Path(src).absolute()), "source_format": source.format,
             "weights_file": source.weights_file.name}
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", choices=("make_jax", "open_clip"), default="make_jax",
                    help="open_clip: export a make_jax checkpoint dir back to open_clip's layout")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--allow-torchscript", action="store_true",
+                   help="SRC may be a TorchScript archive (e.g. OpenAI's original ViT-B-16.pt); loading one runs "
+                        "the code it contains, so only for a standalone file you trust (never inside a directory)")
     args = p.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--format/--activation apply to imports, not to --to open_clip")
             export_open_clip(args.src, args.out, overwrite=args.overwrite)
         else:
-            convert(args.src, args.out, format=args.format, activation=args.activation, overwrite=args.overwrite)
+            convert(args.src, args.out, format=args.format, activation=args.activation, overwrite=args.overwrite,
+                    allow_torchscript=args.allow_torchscript)
     except (CheckpointError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -223,3 +223,60 @@ def test_ctrl_c_saves_the_current_step_and_says_so(synthderm_small, tmp_path):
     assert ckpts.all_steps() == [2]
     ckpts.close()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+# ---- untrusted code: TorchScript ---------------------------------------------------------------------------------
+
+@pytest.fixture()
+def torchscript_archive(tmp_path):
+    import torch
+    import torch_reference as tr
+
+    sd = tr.random_open_clip_state_dict(image_size=32, patch_size=8, v_width=128, v_layers=1, v_mlp=512,
+                                        t_width=64, t_layers=1, t_mlp=256, embed_dim=16, seed=0)
+    return tr.save_torchscript_state_dict(tmp_path / "model.pt", {**sd, "input_resolution": torch.tensor(32)})
+
+
+def test_torchscript_is_refused_without_running_it(torchscript_archive, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import torch
+
+    import torch_reference as tr
+    from make_jax.checkpoint.open_clip_layout import CheckpointError
+    from make_jax.checkpoint.readers import read_source
+    from make_jax.convert import main
+
+    def never(*a, **k):
+        raise AssertionError("torch.jit.load ran")
+
+    monkeypatch.setattr(torch.jit, "load", never)
+    with pytest.raises(CheckpointError, match="TorchScript archive.*--allow-torchscript"):
+        read_source(torchscript_archive)
+    # Under a trusted name inside a downloaded folder: refused even with the flag (it only covers a named file).
+    folder = tmp_path / "download"
+    tr.write_open_clip_dir(folder, {}, tr.open_clip_model_cfg(image_size=32, patch_size=8, v_width=128, v_layers=1,
+                                                               v_heads=2, v_mlp=512, t_width=64, t_layers=1,
+                                                               t_heads=1, t_mlp=256, embed_dim=16),
+                           quick_gelu=True, weights="bin")
+    shutil.copy(torchscript_archive, folder / "open_clip_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="TorchScript archive"):
+        read_source(folder, allow_torchscript=True)
+    assert main([str(torchscript_archive), str(tmp_path / "out")]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and str(torchscript_archive) in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_safetensors_is_one_clear_error(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from make_jax.checkpoint.open_clip_layout import CheckpointError
+    from make_jax.checkpoint.readers import read_tensors
+
+    f = tmp_path / "w.safetensors"
+    save_file({"a": np.zeros((64, 64), np.float32)}, str(f))
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=f"{f}: not a readable safetensors file"):
+        read_tensors(f)

@@ -10,8 +10,10 @@ Sources (`detect_format`):
   checkpoints (`{'state_dict': ..., ...}` with `module.` prefixes) and OpenAI's original TorchScript archives
   (e.g. ViT-B-16.pt).
 
-Pickles are only ever opened with `torch.load(..., map_location='cpu', weights_only=True)`; TorchScript archives
-with `torch.jit.load(..., map_location='cpu')`. Both need PyTorch; safetensors files do not.
+Pickles are only ever opened with `torch.load(..., map_location='cpu', weights_only=True)`. A TorchScript archive
+(a zip with `code/`) runs the code it holds when loaded, so it is refused — whatever its name, and always inside a
+directory — unless the caller passes `allow_torchscript=True` (`--allow-torchscript`) for a standalone file it
+names; then `torch.jit.load(..., map_location='cpu')` reads it. Both need PyTorch; safetensors files do not.
 """
 
 from __future__ import annotations
@@ -75,12 +77,13 @@ def _tensor_to_numpy(t) -> np.ndarray:
 
 
 def is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive (a zip with `code/` and `constants.pkl`, as OpenAI's CLIP .pt files)."""
+    """True for a TorchScript archive: a zip with a `code/` directory (OpenAI's CLIP .pt files also hold
+    `constants.pkl`; either marks code that torch.jit.load would run)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
-    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
+    return any(n.endswith("constants.pkl") or n.startswith("code/") or "/code/" in n for n in names)
 
 
 def _unwrap(obj: Any, path: Path) -> dict:
@@ -94,20 +97,29 @@ def _unwrap(obj: Any, path: Path) -> dict:
     return obj
 
 
-def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor of a weights file as numpy (dtype kept, bfloat16 → float32)."""
+def read_tensors(path: str | Path, *, allow_torchscript: bool = False) -> dict[str, np.ndarray]:
+    """Every tensor of a weights file as numpy (dtype kept, bfloat16 → float32). A TorchScript archive is
+    refused unless `allow_torchscript` (it runs code when loaded)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
         logger.info("reading %s (safetensors)", path)
+        from safetensors import SafetensorError
+
         try:
             from safetensors.numpy import load_file
             return dict(load_file(str(path)))
+        except SafetensorError as e:  # truncated or corrupt header / data
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
         except (TypeError, ValueError) as e:  # e.g. bfloat16, which numpy lacks
             logger.info("safetensors via numpy failed (%s); reading with PyTorch", e)
             from safetensors.torch import load_file as load_torch
             return {k: _tensor_to_numpy(v) for k, v in load_torch(str(path), device="cpu").items()}
+    if is_torchscript(path) and not allow_torchscript:
+        raise CheckpointError(f"{path}: a TorchScript archive (it holds code/ that loading would run): refused; "
+                              "if you trust this standalone file (e.g. OpenAI's original CLIP .pt), name it as the "
+                              "source and pass --allow-torchscript")
     torch = _torch()
     if is_torchscript(path):
         logger.info("reading %s: a TorchScript archive (e.g. OpenAI's original CLIP); loading its state_dict with "
@@ -137,7 +149,7 @@ def _first_existing(directory: Path, names) -> Path:
     raise CheckpointError(f"{directory}: none of {list(names)} found")
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
+def read_weights(path: Path, *, allow_torchscript: bool = False) -> dict[str, np.ndarray]:
     """`read_tensors`, plus Hugging Face's sharded `*.index.json` (its `weight_map` names the shard files)."""
     if path.name.endswith(".index.json"):
         shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
@@ -145,7 +157,7 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
         for shard in shards:
             out.update(read_tensors(path.parent / shard))
         return out
-    return read_tensors(path)
+    return read_tensors(path, allow_torchscript=allow_torchscript)
 
 
 # ---- format detection -------------------------------------------------------------------------------------
@@ -174,8 +186,8 @@ def detect_format(path: str | Path) -> str:
 
 # ---- readers ----------------------------------------------------------------------------------------------
 
-def _load_sd(path: Path) -> dict[str, np.ndarray]:
-    sd = open_clip_layout.normalize_keys(read_weights(path))
+def _load_sd(path: Path, allow_torchscript: bool = False) -> dict[str, np.ndarray]:
+    sd = open_clip_layout.normalize_keys(read_weights(path, allow_torchscript=allow_torchscript))
     open_clip_layout.check_architecture(sd)
     return sd
 
@@ -223,9 +235,11 @@ def read_hf_dir(path: Path, activation: str | None = None) -> Source:
     return Source(sd, cfg, "hf", path, weights, pp)
 
 
-def read_state_dict(path: Path, activation: str | None = None) -> Source:
+def read_state_dict(path: Path, activation: str | None = None, allow_torchscript: bool = False) -> Source:
+    """A bare state-dict file, or the weights file of a directory without config. TorchScript only as a
+    standalone file with `allow_torchscript` (never found inside a directory)."""
     weights = _first_existing(path, OPEN_CLIP_WEIGHTS) if path.is_dir() else path
-    sd = _load_sd(weights)
+    sd = _load_sd(weights, allow_torchscript=allow_torchscript and not path.is_dir())
     cfg = open_clip_layout.infer_config({k: v.shape for k, v in sd.items()},
                                         activation=activation or "quick_gelu")
     logger.info("inferred config from the weights (heads = width // 64, activation %s): %s", cfg.activation,
@@ -238,8 +252,10 @@ _READERS: dict[str, Callable[..., Source]] = {
     "open_clip": read_open_clip_dir, "hf": read_hf_dir, "state_dict": read_state_dict}
 
 
-def read_source(path: str | Path, format: str = "auto", activation: str | None = None) -> Source:
-    """Reads any supported source (see the module docstring). `activation` overrides the source's."""
+def read_source(path: str | Path, format: str = "auto", activation: str | None = None, *,
+                allow_torchscript: bool = False) -> Source:
+    """Reads any supported source (see the module docstring). `activation` overrides the source's;
+    `allow_torchscript` lets a standalone TorchScript file (`path` itself) be loaded, running its code."""
     path = Path(path)
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}; one of {FORMATS}")
@@ -251,7 +267,8 @@ def read_source(path: str | Path, format: str = "auto", activation: str | None =
     if fmt in ("open_clip", "hf") and not path.is_dir():
         raise CheckpointError(f"{path}: format {fmt!r} needs a directory")
     logger.info("source %s: format %s", path, fmt)
-    src = _READERS[fmt](path, activation=activation)
+    extra = {"allow_torchscript": allow_torchscript} if fmt == "state_dict" else {}
+    src = _READERS[fmt](path, activation=activation, **extra)
     dtypes = sorted({str(v.dtype) for v in src.state_dict.values()})
     if dtypes != ["float32"]:
         logger.info("tensors stored as %s; parameters are converted to float32", dtypes)
