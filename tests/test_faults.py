@@ -280,3 +280,91 @@ def test_truncated_safetensors_is_one_clear_error(tmp_path):
     f.write_bytes(f.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=f"{f}: not a readable safetensors file"):
         read_tensors(f)
+
+
+# ---- checkpoint and export integrity ---------------------------------------------------------------------------
+
+def _largest_file(root):
+    return max((p for p in Path(root).rglob("*") if p.is_file() and p.name != "checksums.json"),
+               key=lambda p: p.stat().st_size)
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture()
+def tiny_export(tmp_path):
+    from make_jax.checkpoint.orbax_io import save_checkpoint
+    from make_jax.models import create_model, get_model_config
+
+    cfg = get_model_config("tiny")
+    return save_checkpoint(tmp_path / "export", create_model(cfg, seed=0), cfg)
+
+
+def test_a_flipped_bit_in_an_export_is_named_on_load(tiny_export):
+    from make_jax.checkpoint.open_clip_layout import CheckpointError
+    from make_jax.checkpoint.orbax_io import load_params
+
+    recorded = json.loads((tiny_export / "checksums.json").read_text())["files"]
+    assert {"model_config.json", "preprocess_cfg.json"} <= set(recorded)
+    assert sum(name.startswith("params/") for name in recorded) >= 2
+    load_params(tiny_export, as_numpy=True)  # intact: loads
+    victim = _largest_file(tiny_export)
+    _flip(victim, 4096)
+    with pytest.raises(CheckpointError, match=f"{victim}: checksum mismatch"):
+        load_params(tiny_export, as_numpy=True)
+
+
+def test_a_truncated_export_is_one_clear_error_even_without_checksums(tiny_export):
+    from make_jax.checkpoint.open_clip_layout import CheckpointError
+    from make_jax.checkpoint.orbax_io import load_params
+
+    victim = _largest_file(tiny_export)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_params(tiny_export, as_numpy=True)
+    (tiny_export / "checksums.json").unlink()  # an export written before checksums: Orbax's error, in one line
+    with pytest.raises(CheckpointError, match="cannot be restored|unreadable checkpoint") as e:
+        load_params(tiny_export, as_numpy=True)
+    assert "\n" not in str(e.value)
+
+
+def test_a_damaged_training_checkpoint_is_named_before_restore(tmp_path):
+    import jax
+    import numpy as np
+
+    from make_jax.checkpoint.open_clip_layout import CheckpointError
+    from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
+
+    state = {"w": jax.numpy.asarray(np.arange(4096, dtype=np.float32)), "step": jax.numpy.asarray(3)}
+    ckpts = TrainCheckpoints(tmp_path / "ck")
+    ckpts.save(3, state, {"epoch": 1}, {"lr": 1.0})
+    restored, data, _ = ckpts.restore(3, abstract_like(state))
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(state["w"]))
+    victim = _largest_file(tmp_path / "ck" / "3")
+    _flip(victim, 100)
+    with pytest.raises(CheckpointError, match=f"{victim}: checksum mismatch"):
+        ckpts.restore(3, abstract_like(state))
+    ckpts.close()
+
+
+def test_exports_get_the_users_permissions_not_mkdtemps(tmp_path):
+    import stat
+
+    from make_jax.atomic_io import write_text_atomic
+    from make_jax.checkpoint.orbax_io import save_checkpoint
+    from make_jax.models import create_model, get_model_config
+
+    old = os.umask(0o022)
+    try:
+        cfg = get_model_config("tiny")
+        out = save_checkpoint(tmp_path / "export", create_model(cfg, seed=0), cfg)
+        results = write_text_atomic(tmp_path / "results.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "model_config.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(results.stat().st_mode) == 0o644

@@ -27,6 +27,8 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 
+from make_jax.atomic_io import make_temp_dir
+from make_jax.checkpoint.integrity import CHECKSUM_FILE, verify_checksums, write_checksums
 from make_jax.checkpoint.open_clip_layout import CheckpointError, param_tree_shapes, params_shapes
 from make_jax.models.config import ModelConfig
 
@@ -72,7 +74,7 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")  # 0777 less the umask, not mkdtemp's 0700
     try:
         yield tmp
         if out.exists():
@@ -148,6 +150,7 @@ def save_checkpoint(out: str | Path, params: Any, cfg: ModelConfig, *, preproces
         (tmp / CONFIG_FILE).write_text(cfg.to_json() + "\n")
         pp = {**DEFAULT_PREPROCESS_CFG, **(preprocess_cfg or {})}
         (tmp / PREPROCESS_FILE).write_text(json.dumps(pp, indent=2) + "\n")
+        write_checksums(tmp, tmp / CHECKSUM_FILE)
     logger.info("wrote %s", out)
     return out
 
@@ -172,16 +175,35 @@ def read_preprocess_cfg(path: str | Path) -> dict:
     return {**DEFAULT_PREPROCESS_CFG, **(json.loads(f.read_text()) if f.is_file() else {})}
 
 
+def verify(path: str | Path) -> bool:
+    """Every file of the checkpoint directory against its recorded SHA-256 (`CheckpointError` naming the first
+    that differs); False for a directory written before checksums were recorded (nothing to verify)."""
+    path = Path(path)
+    if verify_checksums(path, path / CHECKSUM_FILE):
+        return True
+    logger.warning("%s has no %s (written by an older make_jax): its files cannot be verified", path, CHECKSUM_FILE)
+    return False
+
+
 def _restore(path: Path, abstract: dict, as_numpy: bool) -> dict:
     ocp = _ocp()
-    saved = ocp.metadata(path / PARAMS_DIR).metadata
+    verify(path)
+    try:
+        saved = ocp.metadata(path / PARAMS_DIR).metadata
+    except Exception as e:  # Orbax/TensorStore errors of a damaged directory; one line, the cause kept
+        raise CheckpointError(f"{path / PARAMS_DIR}: unreadable checkpoint metadata ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
     check_param_shapes(params_shapes(saved), params_shapes(abstract), what=f"checkpoint {path / PARAMS_DIR}")
     if as_numpy:
         target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), abstract)
     else:
         sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
-    return ocp.load(path / PARAMS_DIR, target)
+    try:
+        return ocp.load(path / PARAMS_DIR, target)
+    except Exception as e:  # Orbax/TensorStore errors of a damaged directory; one line, the cause kept
+        raise CheckpointError(f"{path / PARAMS_DIR}: cannot be restored ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
 
 
 def load_params(path: str | Path, cfg: ModelConfig | None = None, *, as_numpy: bool = False) -> dict:

@@ -11,13 +11,14 @@ layout of DermFM-Zero's per-image reference files (e.g. `statistic_reproduce/exa
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from make_jax.atomic_io import write_text_atomic
 
 __all__ = ["read_predictions_csv", "share", "write_predictions_csv"]
 
@@ -30,10 +31,9 @@ def _names_file(path: Path) -> Path:
 
 
 def _atomic_text(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        write(f)
-    os.replace(tmp, path)
+    f = io.StringIO(newline="")
+    write(f)
+    write_text_atomic(path, f.getvalue())
 
 
 def write_predictions_csv(path: str | Path, filenames: Sequence[str], labels: np.ndarray, probs: np.ndarray,

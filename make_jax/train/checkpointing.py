@@ -4,6 +4,8 @@ Layout of `WORKDIR/checkpoints/<step>/`:
     state/   Orbax PyTree checkpoint of TrainState (step, params, opt_state)
     data/    JSON: the input iterator's state (Grain `get_state()`), so a resumed run sees the same batches
     config/  JSON: the resolved config of the run that wrote it
+    checksums.json  SHA-256 of every file above (make_jax.checkpoint.integrity), written after the save is
+             committed and verified before a restore: a damaged file is named instead of loaded
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed at any moment
 (SIGKILL during a save included) leaves only whole checkpoints behind; `cleanup_tmp_directories` removes the
@@ -19,6 +21,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from make_jax.checkpoint.integrity import CHECKSUM_FILE, verify_checksums, write_checksums
+from make_jax.checkpoint.open_clip_layout import CheckpointError
 
 logger = logging.getLogger("make_jax.train")
 
@@ -50,14 +55,27 @@ class TrainCheckpoints:
             config=ocp.args.JsonSave(config),
         ), force=True)
         self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            step_dir = self.directory / str(step)
+            write_checksums(step_dir, step_dir / CHECKSUM_FILE)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """(state, data_state, config) of `step`; `abstract_state` gives structure, shapes and shardings."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            config=ocp.args.JsonRestore(),
-        ))
+        """(state, data_state, config) of `step`; `abstract_state` gives structure, shapes and shardings.
+        Every file is first checked against the step's checksums (`CheckpointError` naming a damaged one)."""
+        step_dir = self.directory / str(step)
+        if not verify_checksums(step_dir, step_dir / CHECKSUM_FILE):
+            logger.warning("%s has no %s (a save interrupted after its commit, or an older make_jax): restoring "
+                           "it unverified", step_dir, CHECKSUM_FILE)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+            ))
+        except Exception as e:  # Orbax/TensorStore errors of a damaged step; one line, the cause kept
+            raise CheckpointError(f"{step_dir}: cannot be restored ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0]}); move this step away to resume from an "
+                                  "earlier one") from e
         return restored["state"], dict(restored["data"] or {}), dict(restored["config"] or {})
 
     def close(self) -> None:
