@@ -104,15 +104,16 @@ def test_steps_batch_and_paths_are_checked_before_any_work(tmp_path):
 
 def test_the_demo_keeps_a_records_path_the_user_gives(synthderm_small):
     from configs.demo import get_config
-    from make_jax.train.run import prepare_synthderm
+    from make_jax.train.prepare import run_prepare
 
     root, _ = synthderm_small
     c = get_config()
-    c.synthderm.out = str(root)
+    c.prepare.synthderm.out = str(root)
+    c.prepare.synthderm.records = str(root / "records_should_not_be_made")
     c.data.records = "/data/my_records"
-    c.eval.every = 0
-    prepare_synthderm(c)
+    run_prepare(c)
     assert c.data.records == "/data/my_records"
+    assert not (root / "records_should_not_be_made").exists()
 
 
 @pytest.mark.parametrize("args, needles", [

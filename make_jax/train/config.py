@@ -77,7 +77,7 @@ class ModelOptions:
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
-    """Records written by `python -m make_jax.data.convert` and the pipeline over them (PipelineConfig).
+    """Records written by `python -m make_jax.records.convert` and the pipeline over them (PipelineConfig).
 
     records: the dataset directory; in a config with a `synthderm` section, empty means SynthDerm's records.
     num_slots: text slots per image (counts the texts a step encodes, for FLOPs).
@@ -269,7 +269,7 @@ def check_paths(options: TrainOptions) -> None:
 
     if not options.data.records:
         raise ConfigError("config.data.records is empty: point it at a dataset written by "
-                          "`python -m make_jax.data.convert` (see docs/data.md)")
+                          "`python -m make_jax.records.convert` (see docs/data.md)")
     try:
         resolve_dataset_dir(options.data.records)
     except (FileNotFoundError, ValueError) as e:
