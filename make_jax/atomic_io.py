@@ -1,4 +1,4 @@
-"""Atomic writes with the user's normal permissions.
+"""Output files: atomic writes with the user's normal permissions, and writability checked before the work.
 
 `tempfile.mkstemp` / `mkdtemp` create 0600 files and 0700 directories; renamed into place they would keep those
 modes, so an export or a results file would be private to its writer whatever the user's umask says. These
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from make_jax.errors import InputError
 
 
 def current_umask() -> int:
@@ -48,3 +50,19 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> P
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable(directory: str | Path, what: str) -> Path:
+    """Creates `directory` if needed and proves a file can be written there, before any work; InputError (one
+    line naming `what` and the directory) if not."""
+    directory = Path(directory).absolute()
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{what} {directory} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{what} {directory} is not writable ({e.strerror or e})") from None
+    return directory

@@ -176,13 +176,13 @@ def test_train_refuses_a_workdir_of_another_run_before_writing(synthderm_small, 
 
 @pytest.mark.parametrize("kind", ["file", "under_a_file"])
 def test_an_unwritable_workdir_is_refused_before_the_work(tmp_path, kind):
-    from make_jax.train.config import ConfigError
-    from make_jax.train.workdir import check_writable
+    from make_jax.atomic_io import check_writable
+    from make_jax.errors import InputError
 
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     target = blocker if kind == "file" else blocker / "run"
-    with pytest.raises(ConfigError, match="workdir"):
+    with pytest.raises(InputError, match="workdir"):
         check_writable(target, "workdir")
 
 
@@ -369,3 +369,159 @@ def test_exports_get_the_users_permissions_not_mkdtemps(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert stat.S_IMODE((out / "model_config.json").stat().st_mode) == 0o644
     assert stat.S_IMODE(results.stat().st_mode) == 0o644
+
+
+# ---- tables: encoding, paths, reproducible rejects ------------------------------------------------------------
+
+def test_a_latin1_table_is_refused_naming_line_and_offset_unless_encoding_is_given(tmp_path):
+    from make_jax.records.csv_io import TableError, TableReader
+
+    text = "filename,caption\na.png,plain\nb.png,eczéma of the hand\n"
+    f = tmp_path / "t.csv"
+    f.write_bytes(text.encode("latin-1"))
+    offset = text.encode("latin-1").index("é".encode("latin-1"))
+    with pytest.raises(TableError, match=rf"{f}: not valid utf-8 text at line 3, byte offset {offset} "):
+        TableReader(f)
+    with TableReader(f, encoding="latin-1") as reader:
+        assert [r.values["caption"] for r in reader] == ["plain", "eczéma of the hand"]
+    f.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # UTF-8 with a byte-order mark reads as before
+    with TableReader(f) as reader:
+        assert reader.fieldnames == ["filename", "caption"]
+        assert [r.values["caption"] for r in reader][1] == "eczéma of the hand"
+
+
+def _golden(tmp_path, n=2):
+    import csv as _csv
+
+    from PIL import Image
+
+    with open(REPO / "tests" / "golden" / "MAKE_training_example.csv", newline="", encoding="utf-8") as fh:
+        rows = list(_csv.DictReader(fh))[:n]
+    root = tmp_path / "images"
+    for i, r in enumerate(rows):
+        r["filename"] = f"/img/{i}.png"
+        (root / "img").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40 + i, 40), (30 * i, 90, 120)).save(root / "img" / f"{i}.png")
+    return rows, root
+
+
+def _write(path, rows):
+    import csv as _csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = _csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def _convert(csv_path, root, out, **kw):
+    from make_jax.records.convert import convert
+
+    return convert(str(csv_path), str(root), str(out), workers=0, shorter_side=32, progress=False,
+                   log=lambda s: None, **kw)
+
+
+def test_paths_leaving_the_image_root_are_rejected_unless_allowed(tmp_path):
+    import csv as _csv
+
+    rows, root = _golden(tmp_path, 4)
+    secret = tmp_path / "outside.png"
+    (root / "img" / "0.png").rename(secret)
+    rows[0]["filename"] = "../outside.png"
+    rows[1]["filename"] = str(secret)  # absolute, exists only outside --images
+    csv_path = _write(tmp_path / "t.csv", rows)
+    res = _convert(csv_path, root, tmp_path / "out")
+    with open(res.rejects_csv, newline="", encoding="utf-8") as fh:
+        rejects = {int(r["row"]): r["code"] for r in _csv.DictReader(fh)}
+    assert rejects == {1: "path_outside_root", 2: "path_outside_root"}
+    assert res.splits["train"] == 2  # the two rows under --images (leading '/' = relative to the root)
+    res = _convert(csv_path, root, tmp_path / "out2", allow_outside_root=True)
+    assert res.splits["train"] == 4
+
+
+def test_identical_conversions_give_byte_identical_rejects(tmp_path):
+    rows, root = _golden(tmp_path, 3)
+    (root / "img" / "1.png").write_bytes(b"not an image at all")  # PIL's error names a BytesIO object
+    csv_path = _write(tmp_path / "t.csv", rows)
+    a = _convert(csv_path, root, tmp_path / "a")
+    b = _convert(csv_path, root, tmp_path / "b")
+    text = Path(a.rejects_csv).read_bytes()
+    assert b"image_unreadable" in text and b" at 0x" not in text
+    assert text == Path(b.rejects_csv).read_bytes()
+
+
+@pytest.mark.parametrize("fault", ["csv_is_a_directory", "csv_not_utf8", "out_is_a_file"])
+def test_convert_refuses_a_bad_whole_input_in_one_line(tmp_path, capsys, fault):
+    from make_jax.records.convert import main
+
+    rows, root = _golden(tmp_path, 2)
+    csv_path = _write(tmp_path / "t.csv", rows)
+    out = tmp_path / "out"
+    if fault == "csv_is_a_directory":
+        csv_path = str(tmp_path)
+    elif fault == "csv_not_utf8":
+        Path(csv_path).write_bytes(Path(csv_path).read_bytes() + "x,\xe9\n".encode("latin-1"))
+    else:
+        out.write_text("a file")
+    assert main(["--csv", csv_path, "--images", str(root), "--out", str(out), "--workers", "0",
+                 "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    want = {"csv_is_a_directory": "is a directory", "csv_not_utf8": "not valid utf-8 text at line 4",
+            "out_is_a_file": "--out"}[fault]
+    assert want in err[0]
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("[" * 100000 + "]" * 100000, "not valid UTF-8 JSON"),       # RecursionError in the JSON parser
+    ('{"a": ' * 200 + '["x"]' + "}" * 200, "nested deeper than"),  # RecursionError in the tree walk
+    ('[{"name": ["not", "a", "string"], "path": ["a"]}]', "malformed ontology"),  # TypeError
+    ('{"psoriasis": 3}', "malformed ontology"),
+])
+def test_a_malformed_ontology_is_one_clear_error(tmp_path, content, needle):
+    from make_jax.errors import InputError
+    from make_jax.knowledge.lexicon import Ontology
+
+    f = tmp_path / "ontology.json"
+    f.write_text(content)
+    with pytest.raises(InputError, match=needle) as e:
+        Ontology.from_json(f)
+    assert str(f) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_knowledge_checks_its_outputs_before_the_work(tmp_path, capsys):
+    from make_jax.knowledge.builder import main
+
+    rows, _ = _golden(tmp_path, 2)
+    csv_path = _write(tmp_path / "t.csv", rows)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert main([csv_path, "-o", str(blocker / "out.csv"), "--extractor", "none", "--no-progress", "-q"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and ("not writable" in err[0] or "is a file" in err[0]), err
+
+
+# ---- the API key never leaks ---------------------------------------------------------------------------------
+
+def test_the_api_key_is_redacted_at_every_offset_of_an_error_body():
+    import io
+    import urllib.error
+
+    from make_jax.knowledge.llm_extract import ChatClient, LLMConfig, LLMError
+
+    key = "sk-test-9f8e7d6c5b4a39281706"
+    client = ChatClient(LLMConfig(base_url="http://127.0.0.1:9", model="m", api_key=key, max_retries=0),
+                        sleep=lambda s: None)
+    for offset in range(260):  # across the 120-character cut of the message and the old 200-byte read
+        body = ("x" * offset + key + " y" * 50).encode()
+
+        def refuse(req, timeout, body=body):
+            raise urllib.error.HTTPError(req.full_url, 401, "Unauthorized", {}, io.BytesIO(body))
+
+        client._opener.open = refuse
+        with pytest.raises(LLMError) as e:
+            client.complete([{"role": "user", "content": "hi"}])
+        message = str(e.value)
+        assert "HTTP 401" in message
+        assert not any(key[:k] in message for k in range(4, len(key) + 1)), (offset, message)

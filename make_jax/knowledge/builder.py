@@ -35,7 +35,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
+from make_jax.atomic_io import check_writable
 from make_jax.data import schema
+from make_jax.errors import one_line
 from make_jax.records import csv_io
 from make_jax.records.csv_io import MAKE_OUTPUT_COLUMNS, RawRow, TableReader, is_missing, split_list_field
 from . import aspects
@@ -403,13 +405,14 @@ def check_columns(fieldnames: Sequence[str], columns: Columns, explicit: Iterabl
 
 
 def build_ontology(
-    input_path: str, columns: Columns, files: Sequence[str] = (), derive: bool = True, delimiter: str | None = None
+    input_path: str, columns: Columns, files: Sequence[str] = (), derive: bool = True, delimiter: str | None = None,
+    encoding: str | None = None,
 ) -> tuple[Ontology, int]:
     """Ontology for the lexicon: derived from the input table's rows that have a path (``Ontology.from_rows``),
     updated with the given JSON files (files win). Returns (ontology, number of data rows in the table)."""
     ont = Ontology()
     n = 0
-    with TableReader(input_path, delimiter) as reader:
+    with TableReader(input_path, delimiter, encoding) as reader:
         if derive and columns.ontology:
 
             def rows():
@@ -471,7 +474,8 @@ def run(args: argparse.Namespace, explicit: Iterable[str] = ()) -> Summary:
         filename=args.filename_col or None,
         disease_name=args.disease_name_col or None,
     )
-    with TableReader(args.input, args.delimiter) as reader:
+    encoding = getattr(args, "encoding", None)
+    with TableReader(args.input, args.delimiter, encoding) as reader:
         fieldnames = list(reader.fieldnames)
         delimiter = reader.delimiter
     columns = check_columns(fieldnames, columns, explicit)
@@ -479,6 +483,9 @@ def run(args: argparse.Namespace, explicit: Iterable[str] = ()) -> Summary:
         raise ValueError("output must not be the input file")
     if not args.check and not args.output:
         raise ValueError("an output path is required (or use --check)")
+    for out in ([] if args.check else [args.output]) + [getattr(args, "rejects", None), args.summary_json]:
+        if out:  # before any work (an LLM pass can take hours)
+            check_writable(os.path.dirname(os.path.abspath(out)), f"the folder of {out}")
     budget = make_budget(args.budget)
     if getattr(args, "llm_prompt", None) and args.extractor != "llm":
         raise ValueError("--llm-prompt needs --extractor llm")
@@ -489,7 +496,7 @@ def run(args: argparse.Namespace, explicit: Iterable[str] = ()) -> Summary:
     ontology_size = 0
     if args.extractor in ("lexicon", "llm"):
         ontology, n_rows = build_ontology(args.input, columns, args.ontology or (), not args.no_derive_ontology,
-                                          args.delimiter)  # fmt: skip
+                                          args.delimiter, encoding)  # fmt: skip
         ontology_size = len(ontology)
         lexicon = LexiconExtractor(ConceptLexicon.from_json(args.concept_terms), ontology)
         extractor = lexicon
@@ -507,7 +514,7 @@ def run(args: argparse.Namespace, explicit: Iterable[str] = ()) -> Summary:
             log.info("LLM extractor: model %s at %s, prompt %s, cache %s", cfg.model, cfg.safe_endpoint,
                      prompt.name, cache)
     else:
-        n_rows = csv_io.count_rows(args.input, args.delimiter)
+        n_rows = csv_io.count_rows(args.input, args.delimiter, encoding)
 
     builder = KnowledgeBuilder(fieldnames, columns, extractor, budget, provenance=args.provenance)
     s = builder.summary
@@ -526,7 +533,7 @@ def run(args: argparse.Namespace, explicit: Iterable[str] = ()) -> Summary:
     rej.writeheader()
     chunk = max(64, 16 * int(getattr(args, "llm_concurrency", 1) or 1))
     try:
-        with TableReader(args.input, args.delimiter) as reader, tqdm(
+        with TableReader(args.input, args.delimiter, encoding) as reader, tqdm(
             total=n_rows, unit="row", disable=args.no_progress, file=sys.stderr, desc="knowledge"
         ) as bar:
             for raws in _chunks(reader, chunk):
@@ -580,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--disease-name-col", default=DEFAULT_DISEASE_NAME_COL,
                    help="disease names for deriving the ontology from the table ('' = path's last level)")  # fmt: skip
     g.add_argument("--delimiter", help="field delimiter (default: tab for .tsv, else comma)")
+    g.add_argument("--encoding", help="text encoding of the input (default: UTF-8; a file that is not is refused, "
+                                      "naming the first bad line and byte offset)")
     e = p.add_argument_group("extraction (rows whose path/concept field is empty)")
     e.add_argument("--extractor", choices=("none", "lexicon", "llm"), default="lexicon")
     e.add_argument("--ontology", action="append", metavar="JSON",
@@ -625,8 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         summary = run(args, explicit)
-    except (ColumnError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ColumnError, ValueError, OSError) as e:  # InputError (tables, ontologies, outputs) is a ValueError
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     if not args.quiet:
         print(summary.text(), file=sys.stderr)

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
+from make_jax.errors import InputError
 from make_jax.records.csv_io import is_missing, split_list_field
 
 # --- concept vocabulary --------------------------------------------------------------------------------------------
@@ -264,6 +265,13 @@ def _norm(name: str) -> str:
     return " ".join(name.strip().lower().split())
 
 
+MAX_ONTOLOGY_DEPTH = 64  # far beyond any disease hierarchy (Derm1M: 4-6 levels); deeper is a malformed file
+
+
+class OntologyError(InputError):
+    """An ontology file that cannot be read (the message names the file and what is wrong, in one line)."""
+
+
 class Ontology:
     """Disease name -> hierarchy path (tuple of levels, general -> specific).
 
@@ -380,9 +388,13 @@ class Ontology:
         return ont
 
     def _add_value(self, name: str, value: object) -> None:
+        if not isinstance(name, str):
+            raise ValueError(f"disease name {name!r} is not a string")
         synonyms: Sequence[str] = ()
         if isinstance(value, dict):
             synonyms = value.get("synonyms", ()) or ()
+            if not isinstance(synonyms, list) or not all(isinstance(s, str) for s in synonyms):
+                raise ValueError(f"synonyms of {name!r} must be a list of strings")
             value = value.get("path", value.get("hierarchy"))
         if isinstance(value, str):
             path = split_list_field(value)
@@ -395,6 +407,8 @@ class Ontology:
     def _add_tree(self, node: object, prefix: tuple[str, ...]) -> None:
         if node is None:
             return
+        if len(prefix) > MAX_ONTOLOGY_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_ONTOLOGY_DEPTH} levels under {prefix[0]!r}")
         if isinstance(node, dict):
             for child, sub in node.items():
                 path = (*prefix, str(child))
@@ -413,8 +427,19 @@ class Ontology:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> Ontology:
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_mapping(json.load(fh))
+        """An ontology JSON file; `OntologyError` (one line naming the file) when it is not valid JSON or not one
+        of the layouts `from_mapping` reads."""
+        if os.path.isdir(path):
+            raise OntologyError(f"{path}: is a directory, not an ontology JSON file")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            raise OntologyError(f"{path}: not valid UTF-8 JSON ({type(e).__name__}: {e})") from None
+        try:
+            return cls.from_mapping(data)
+        except (ValueError, TypeError) as e:  # user data of the wrong shape (a name that is a list, ...)
+            raise OntologyError(f"{path}: malformed ontology ({e})") from None
 
     @classmethod
     def from_rows(

@@ -316,6 +316,9 @@ def parse_concepts_answer(text: str, lexicon: ConceptLexicon) -> ParsedAnswer:
 
 
 # --- HTTP client ---------------------------------------------------------------------------------------------------
+# Bytes of an HTTP error body read for the message (redacted whole, then shortened to 120 characters).
+ERROR_BODY_BYTES = 1 << 16
+
 class LLMError(RuntimeError):
     """A request that failed for good (after retries, or a permanent HTTP error). The message is redacted."""
 
@@ -375,6 +378,8 @@ class ChatClient:
         self._opener = urllib.request.build_opener()
 
     def redact(self, text: str) -> str:
+        """`text` with every occurrence of the API key replaced by '***'. Redact whole texts, before any cut: a
+        key that straddles a cut would leave its first characters."""
         key = self.config.api_key
         return text.replace(key, "***") if key else text
 
@@ -422,8 +427,10 @@ class ChatClient:
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 snippet = ""
                 try:
-                    snippet = e.read(200).decode("utf-8", "replace")
-                except Exception:  # noqa: BLE001
+                    # Redacted before the cut to 120 characters below (a key straddling it would leave a prefix).
+                    # The read limit is far past that cut, so a key cut by the read is never shown.
+                    snippet = self.redact(e.read(ERROR_BODY_BYTES).decode("utf-8", "replace"))
+                except Exception:  # noqa: BLE001 - an unreadable error body: the status code alone is reported
                     pass
                 last = f"HTTP {e.code}" + (f": {' '.join(snippet.split())[:120]}" if snippet else "")
                 if e.code not in RETRY_STATUS:

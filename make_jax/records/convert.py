@@ -20,7 +20,11 @@ on the CSV text checks (not on which images fail), and rows are processed determ
 for byte that of an uninterrupted run. Settings are fingerprinted in ``convert_config.json``; a rerun with
 different inputs or settings refuses to mix them (``--overwrite`` starts afresh).
 
-Bad input never stops it. Each problem is one row of ``rejects.csv`` (csv, row, file, field, code, reason, action):
+A whole input that cannot be used stops it before any work, in one line: a CSV that is a directory or missing, a
+CSV that is not UTF-8 (the first bad line and byte offset are named; ``--encoding`` reads another encoding), an
+``--out`` that cannot be written, missing columns.
+
+Bad rows never stop it. Each problem is one row of ``rejects.csv`` (csv, row, file, field, code, reason, action):
 
 =====================  ====================================================  ======================================
 code                   problem                                               action
@@ -30,6 +34,9 @@ row_unreadable         the csv module cannot read the row / wrong field      row
 empty_filename         no file name                                          row dropped
 empty_caption          empty raw caption (``truncated_caption``)             row dropped
 image_missing          no such file under ``--images``                       row dropped
+path_outside_root      a filename whose ``..`` leaves ``--images``, or an        row dropped (``--allow-outside-root``
+                       absolute one found only outside it (a leading ``/``   reads it)
+                       is relative to ``--images``, as in Derm1M)
 image_unreadable       unreadable, truncated, or not an image                row dropped
 mask_malformed         a mask cell that is not a bracketed 0/1 list of the   slots valid where their text is
                        right length                                          non-empty
@@ -58,6 +65,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import time
@@ -66,6 +74,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from make_jax.atomic_io import check_writable
 from make_jax.data.records import (
     CONTEXT_LENGTH,
     DEFAULT_NAME,
@@ -79,6 +88,7 @@ from make_jax.data.records import (
     shard_filename,
 )
 from make_jax.data.schema import NUM_KNOWLEDGE, NUM_SLOTS, NUM_SUBTEXTS, SLOT_NAMES
+from make_jax.errors import InputError, one_line
 from make_jax.knowledge.aspects import DAGGER_ORDERS, dagger_text
 
 from . import csv_io
@@ -144,6 +154,8 @@ class ConvertSettings:
     val_fraction: float = 0.0
     split_seed: int = 0
     dagger_order: str = "append"
+    encoding: str = csv_io.DEFAULT_ENCODING
+    allow_outside_root: bool = False
 
 
 # --- pass 1: text checks ----------------------------------------------------------------------------------------
@@ -241,11 +253,11 @@ class Scan:
     issues: list[Issue] = field(default_factory=list)
 
 
-def scan_csv(path: str, label: str) -> Scan:
+def scan_csv(path: str, label: str, encoding: str | None = None) -> Scan:
     """Pass 1 over one CSV: the rows that survive the text checks, and every issue."""
     scan = Scan(label, path)
     first_row: dict[str, int] = {}
-    with csv_io.TableReader(path) as reader:
+    with csv_io.TableReader(path, encoding=encoding) as reader:
         check_columns(reader.fieldnames, path)
         for raw in reader:
             scan.rows_in += 1
@@ -277,11 +289,31 @@ def validation_files(filenames: Sequence[str], fraction: float, seed: int) -> se
 
 
 # --- pass 2: images (worker processes) --------------------------------------------------------------------------
-def resolve_image(root: str, filename: str) -> str | None:
+def outside_root(filename: str) -> str | None:
+    """Why `filename` leaves the image root, else None. A leading '/' is Derm1M's spelling of "relative to the
+    image root" and stays inside; `..` past the root or a drive letter leaves it. Lexical, so an image tree made
+    of symbolic links still counts as inside."""
+    if os.path.splitdrive(filename)[0]:
+        return f"path {filename!r} names a drive, outside --images (--allow-outside-root reads it)"
+    if os.path.normpath(filename.lstrip("/\\")).replace("\\", "/").split("/")[0] == "..":
+        return f"path {filename!r} leaves --images through '..' (--allow-outside-root reads it)"
+    return None
+
+
+def _stable(error: Exception) -> str:
+    """An exception's text without object addresses ("<_io.BytesIO object at 0x7f..>"), so identical inputs give
+    byte-identical rejects."""
+    return re.sub(r"<([\w.]+) object at 0x[0-9a-fA-F]+>", r"<\1>", str(error))
+
+
+def resolve_image(root: str, filename: str, allow_outside_root: bool = False) -> str | None:
+    """The file of a CSV filename: under `root` (a leading '/' stripped); with `allow_outside_root`, an absolute
+    filename that is not under `root` may also be the absolute path itself."""
     candidates = []
     if os.path.isabs(filename):
         candidates.append(os.path.join(root, filename.lstrip("/\\")))
-        candidates.append(filename)
+        if allow_outside_root:
+            candidates.append(filename)
     else:
         candidates.append(os.path.join(root, filename))
     for c in candidates:
@@ -340,7 +372,15 @@ def process_row(task: PreparedRow):
     from make_jax.tokenizer import get_tokenizer
 
     s = _WORKER_SETTINGS
-    path = resolve_image(s.images, task.filename)
+    if not s.allow_outside_root:
+        reason = outside_root(task.filename)
+        if reason:
+            return ("reject", "filename", "path_outside_root", reason)
+    path = resolve_image(s.images, task.filename, s.allow_outside_root)
+    if path is None and not s.allow_outside_root and os.path.isabs(task.filename) and os.path.isfile(task.filename):
+        return ("reject", "filename", "path_outside_root",
+                f"{task.filename!r} is not under --images; only the absolute path exists, outside it "
+                "(--allow-outside-root reads it)")
     if path is None:
         return ("reject", "filename", "image_missing", f"image not found under {s.images!r}: {task.filename!r}")
     try:
@@ -349,7 +389,8 @@ def process_row(task: PreparedRow):
         img, (ow, oh) = load_and_resize(data, s.shorter_side)
         encoded = encode_image(img, s.image_format, s.jpeg_quality)
     except Exception as e:  # noqa: BLE001 - any decode failure rejects the row, never the run
-        return ("reject", "filename", "image_unreadable", f"cannot read image {path!r}: {type(e).__name__}: {e}")
+        return ("reject", "filename", "image_unreadable",
+                f"cannot read image {path!r}: {type(e).__name__}: {_stable(e)}")
 
     tok = get_tokenizer()
     valid = np.asarray(task.valid, dtype=bool)
@@ -506,9 +547,13 @@ def convert(
     progress: bool = True,
     log: Callable[[str], None] = print,
     dagger_order: str = "append",
+    encoding: str | None = None,
+    allow_outside_root: bool = False,
 ) -> ConvertResult:
     """Convert; see the module docstring. ``max_shards`` stops after writing that many new shards (a rerun
-    continues). Raises ``MissingColumnsError`` before any work when a required column is absent."""
+    continues). Raises ``MissingColumnsError`` before any work when a required column is absent, and an
+    ``InputError`` (one line) for a CSV that is not a file or not in ``encoding`` (default UTF-8) and for an
+    ``out`` that cannot be written. Filenames that leave ``images`` are rejected unless ``allow_outside_root``."""
     if val_csv and val_fraction:
         raise ValueError("give --val-csv or --val-fraction, not both")
     if image_format not in ("jpeg", "png"):
@@ -520,13 +565,20 @@ def convert(
     workers = (os.cpu_count() or 1) if workers is None else workers
     if dagger_order not in DAGGER_ORDERS:
         raise ValueError(f"--dagger-order must be one of {DAGGER_ORDERS}, got {dagger_order!r}")
+    encoding = encoding or csv_io.DEFAULT_ENCODING
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise InputError(f"--encoding {encoding!r}: unknown encoding") from None
     settings = ConvertSettings(os.path.abspath(images), shorter_side, image_format, jpeg_quality, shard_size, name,
-                               version, float(val_fraction), split_seed, dagger_order)
+                               version, float(val_fraction), split_seed, dagger_order, encoding,
+                               bool(allow_outside_root))
+    check_writable(out, "--out")
 
     # Pass 1: the plan.
-    scans = [scan_csv(csv_path, TRAIN)]
+    scans = [scan_csv(csv_path, TRAIN, encoding)]
     if val_csv:
-        scans.append(scan_csv(val_csv, VALIDATION))
+        scans.append(scan_csv(val_csv, VALIDATION, encoding))
     split_rows: dict[str, list[tuple[str, int]]] = {TRAIN: [], VALIDATION: []}
     if val_csv:
         split_rows[TRAIN] = [(TRAIN, r) for r, _ in scans[0].kept]
@@ -600,7 +652,7 @@ def convert(
         for scan in scans:
             if not any(lbl == scan.label for (lbl, _r) in wanted):
                 continue
-            with csv_io.TableReader(scan.path) as reader:
+            with csv_io.TableReader(scan.path, encoding=settings.encoding) as reader:
                 for raw in reader:
                     p = wanted.get((scan.label, raw.number))
                     if p is None:
@@ -781,6 +833,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dagger-order", choices=DAGGER_ORDERS, default="append",
                    help="Derm1M† text: aspect texts after the caption (append: the public CSV's augmented_caption) "
                         "or before it (prepend: the paper's description); matters under the 77-token cut")
+    p.add_argument("--encoding", default=None,
+                   help="text encoding of the CSVs (default: UTF-8; a file that is not is refused, naming the line)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read filenames that are absolute or leave --images with '..' (default: reject those rows)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -794,10 +850,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             split_seed=args.split_seed, shorter_side=args.shorter_side, image_format=args.image_format,
             jpeg_quality=args.jpeg_quality, shard_size=args.shard_size, workers=args.workers, name=args.name,
             version=args.version, overwrite=args.overwrite, max_shards=args.max_shards,
-            progress=not args.no_progress, dagger_order=args.dagger_order,
+            progress=not args.no_progress, dagger_order=args.dagger_order, encoding=args.encoding,
+            allow_outside_root=args.allow_outside_root,
         )
-    except (MissingColumnsError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (MissingColumnsError, ValueError, FileNotFoundError) as e:  # InputError is a ValueError
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     print(f"  time: {time.time() - t0:.1f} s")
     return 0 if res.complete else 3

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from make_jax.data.schema import NUM_KNOWLEDGE, NUM_SUBTEXTS
+from make_jax.errors import InputError
 
 # --- column names of the MAKE training CSV (spec §6) -------------------------------------------------------------
 TRUNCATED_CAPTION = "truncated_caption"
@@ -146,6 +147,42 @@ def _strip_nul(lines: Iterable[str]) -> Iterator[str]:
         yield line.replace("\x00", "") if "\x00" in line else line
 
 
+class TableError(InputError):
+    """A table that cannot be read at all: not a file, or not in its encoding (the message names the place)."""
+
+
+DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, with or without a byte-order mark
+
+
+def check_encoding(path: str | os.PathLike, encoding: str = DEFAULT_ENCODING) -> None:
+    """Decodes the whole file strictly, in chunks; `TableError` naming the first bad line and byte offset.
+
+    Reading with errors='replace' would turn a Latin-1 table into captions of U+FFFD that are tokenized in
+    silence; a file in another encoding must be named with --encoding instead."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    offset = 0
+    lines = 1
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                # e.object is the few bytes the decoder held back from the last chunk (part of one character,
+                # never a newline) followed by this chunk.
+                bad = offset - (len(e.object) - len(chunk)) + e.start
+                line = lines + chunk[: max(bad - offset, 0)].count(b"\n")
+                raise TableError(f"{path}: not valid {encoding.replace('-sig', '')} text at line {line}, byte offset "
+                                 f"{bad} ({e.reason}: {e.object[e.start:e.end]!r}); convert the file to UTF-8 or "
+                                 "name its encoding with --encoding (e.g. --encoding latin-1)") from None
+            if not chunk:
+                return
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+
+
 @dataclass
 class RawRow:
     """One data row of a table: ``number`` is 1-based over data rows (the header is not counted)."""
@@ -162,11 +199,17 @@ class TableReader:
     ``values=None`` and an ``error``; NUL bytes are dropped. Use as a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike, delimiter: str | None = None, encoding: str = "utf-8-sig"):
+    def __init__(self, path: str | os.PathLike, delimiter: str | None = None, encoding: str | None = None):
         _raise_field_limit()
+        encoding = encoding or DEFAULT_ENCODING
+        if os.path.isdir(path):
+            raise TableError(f"{path}: is a directory, not a CSV/TSV file")
+        if not os.path.isfile(path):
+            raise TableError(f"{path}: no such file")
+        check_encoding(path, encoding)  # strict, before any row: a bad byte is named, never replaced
         self.path = path
         self.delimiter = sniff_delimiter(path, delimiter)
-        self._fh = open(path, newline="", encoding=encoding, errors="replace")
+        self._fh = open(path, newline="", encoding=encoding)
         self._reader = csv.reader(_strip_nul(self._fh), delimiter=self.delimiter)
         try:
             header = next(self._reader)
@@ -204,9 +247,9 @@ class TableReader:
             yield RawRow(number, dict(zip(self.fieldnames, fields)))
 
 
-def count_rows(path: str | os.PathLike, delimiter: str | None = None) -> int:
+def count_rows(path: str | os.PathLike, delimiter: str | None = None, encoding: str | None = None) -> int:
     """Number of data rows (a full csv pass, so quoted multi-line fields count once)."""
-    with TableReader(path, delimiter) as reader:
+    with TableReader(path, delimiter, encoding) as reader:
         return sum(1 for _ in reader)
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from make_jax.atomic_io import check_writable
 from make_jax.errors import Interrupted
 from make_jax.losses import LossConfig
 from make_jax.losses.siglip import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT
@@ -34,7 +35,7 @@ from make_jax.train.metrics_writer import MetricWriter
 from make_jax.train.optimizer import make_optimizer
 from make_jax.train.gradcache import select_train_step
 from make_jax.train.step import ModelFunctions, TrainState, batch_sharding, jit_train_step, make_mesh, replicated
-from make_jax.train.workdir import check_writable, claim_workdir
+from make_jax.train.workdir import claim_workdir
 
 logger = logging.getLogger("make_jax.train")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +22,6 @@ CHANGES_FILE = "config_changes.jsonl"
 DISPLAY_ONLY = frozenset({"progress"})
 # Fields whose change makes the checkpoint unusable: refused even with allow_change.
 STRUCTURAL = ("model.name",)
-
-
-def check_writable(directory: str | Path, what: str) -> Path:
-    """Creates `directory` if needed and proves a file can be written there; ConfigError (one line) if not."""
-    directory = Path(directory).absolute()
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"{what} {directory} is a file, not a directory")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError(f"{what} {directory} is not writable ({e.strerror or e})") from None
-    return directory
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
