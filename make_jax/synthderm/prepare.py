@@ -3,8 +3,8 @@
 Options (all required; configs/demo.py sets them): ``out`` (SynthDerm folder), ``records`` (records root),
 ``seed``, ``num_train``, ``num_val``, ``image_size`` (generated px), ``shorter_side`` (records px). When
 ``config.data.records`` is empty the step converts SynthDerm and points it at the converted dataset; a dataset the
-user named there is kept (SynthDerm is still generated: the demo evaluates on it). Both halves resume: the generator is skipped when
-``out/synthderm.json`` exists, the converter skips finished shards.
+user named there is kept (SynthDerm is still generated: the demo evaluates on it). Both halves resume: the
+generator is skipped when ``out/synthderm.json`` exists, the converter skips finished shards.
 """
 
 from __future__ import annotations

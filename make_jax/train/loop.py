@@ -83,7 +83,7 @@ def loss_config_from(config) -> LossConfig:
 INIT_SCRATCH = "scratch"
 INIT_FROM_HELP = ("the recipe starts from OpenAI CLIP ViT-B/16: download ViT-B-16.pt from OpenAI's CLIP release "
                   "(or the Hugging Face directory openai/clip-vit-base-patch16), convert it with "
-                  "`python -m make_jax.convert ViT-B-16.pt checkpoints/openai_vitb16` and pass "
+                  "`python -m make_jax.convert ViT-B-16.pt checkpoints/openai_vitb16 --allow-torchscript` and pass "
                   "--config.init_from=checkpoints/openai_vitb16 (or --config.init_from=openai-vit-b16 to fetch it "
                   "through huggingface_hub); --config.init_from=scratch trains from a random "
                   "initialisation (docs/training.md)")
