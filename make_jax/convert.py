@@ -19,8 +19,10 @@ import logging
 import sys
 from pathlib import Path
 
+from make_jax.atomic_io import check_writable
 from make_jax.checkpoint import orbax_io, readers
-from make_jax.checkpoint.open_clip_layout import CheckpointError, open_clip_to_params, params_to_open_clip
+from make_jax.checkpoint.open_clip_layout import open_clip_to_params, params_to_open_clip
+from make_jax.errors import InputError, one_line
 
 logger = logging.getLogger("make_jax.convert")
 
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     pkg_logger.setLevel(logging.INFO)
     pkg_logger.propagate = False
     try:
+        check_writable(Path(args.out).absolute().parent, f"the folder of OUT {args.out}")  # before reading SRC
         if args.to == "open_clip":
             if args.format != "auto" or args.activation:
                 p.error("--format/--activation apply to imports, not to --to open_clip")
@@ -98,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             convert(args.src, args.out, format=args.format, activation=args.activation, overwrite=args.overwrite,
                     allow_torchscript=args.allow_torchscript)
-    except (CheckpointError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (InputError, FileExistsError) as e:  # CheckpointError is an InputError
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
     finally:
         pkg_logger.removeHandler(handler)

@@ -126,6 +126,7 @@ def test_tiny_parity_bare_state_dict(fmt, tmp_path):
         tr.save_torchscript_state_dict(src, {**sd, "input_resolution": torch.tensor(32),
                                              "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)})
         sd = {k: v.float() for k, v in sd.items()}  # the reference uses the same (fp16-rounded) weights
+        extra = ["--allow-torchscript"]  # a TorchScript file runs code: refused unless named and allowed
     out = tmp_path / "jax"
     assert convert_main([str(src), str(out), *extra]) == 0
     enc = make_jax.load(out, batch_size=4)

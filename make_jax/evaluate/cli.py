@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from make_jax.atomic_io import write_text_atomic
+from make_jax.atomic_io import check_writable, write_text_atomic
 from make_jax.evaluate import registry
 from make_jax.evaluate.common import to_jsonable
 from make_jax.evaluate.datasets import DatasetError
@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t_start = time.perf_counter()
     try:
+        if args.out:  # before the encoder and the datasets are loaded
+            check_writable(Path(args.out).absolute().parent, f"the folder of --out {args.out}")
         cfg = load_config(args.config) if args.config else {}
         checkpoint = args.checkpoint or cfg.get("checkpoint") or None
         random_init = args.random_init or (None if checkpoint else cfg.get("random_init"))
