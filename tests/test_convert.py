@@ -121,7 +121,8 @@ def test_hf_config_defaults_give_vit_b16():
 
 def test_checkpoint_directory_layout(converted, oc_sd):
     assert is_checkpoint(converted)
-    assert sorted(p.name for p in converted.iterdir()) == ["model_config.json", "params", "preprocess_cfg.json"]
+    assert sorted(p.name for p in converted.iterdir()) == ["checksums.json", "model_config.json", "params",
+                                                           "preprocess_cfg.json"]
     cfg = read_config(converted)
     assert cfg == ModelConfig.from_json((converted / "model_config.json").read_text())
     assert (cfg.vision.width, cfg.vision.heads, cfg.vision.mlp_width, cfg.text.heads, cfg.activation) == \

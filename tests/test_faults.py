@@ -525,3 +525,20 @@ def test_the_api_key_is_redacted_at_every_offset_of_an_error_body():
         message = str(e.value)
         assert "HTTP 401" in message
         assert not any(key[:k] in message for k in range(4, len(key) + 1)), (offset, message)
+
+
+def test_one_handler_per_command_turns_project_errors_into_one_line_and_keeps_bugs(capsys):
+    from make_jax.errors import InputError, Interrupted, exit_on_input_error
+
+    with pytest.raises(SystemExit) as e:
+        with exit_on_input_error("cmd"):
+            raise InputError("config.x: bad\nsecond line")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "cmd: error: config.x: bad; second line\n"
+    with pytest.raises(SystemExit) as e:
+        with exit_on_input_error("cmd"):
+            raise Interrupted("stopped at step 2 of 6; checkpoint saved")
+    assert e.value.code == 130 and capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        with exit_on_input_error("cmd"):
+            1 / 0

@@ -8,6 +8,7 @@ Layout of a checkpoint directory OUT (written by `python -m make_jax.convert`, r
       params/                Orbax (v1 API, `ocp.save`) checkpoint of the parameter tree
                              nnx.state(model, nnx.Param).to_pure_dict(): {"visual": {...}, "text": {...},
                              "logit_scale": ()} — float32, blocks stacked on a leading (L,) axis
+      checksums.json         SHA-256 of every file above (make_jax.checkpoint.integrity), verified before a load
 
 Writes are atomic: everything goes to a temporary sibling directory `.OUT.tmp-*` that is renamed to OUT only
 once complete, so OUT never holds a half-written checkpoint (an interrupted run leaves at most the temporary).
