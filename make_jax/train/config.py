@@ -33,8 +33,9 @@ class ConfigError(InputError):
 class RunOptions:
     """Top-level fields. `total_steps` > 0 overrides `epochs`; the steps of a run must come out > 0.
 
-    init_from: a converted checkpoint directory to start from (the recipe: OpenAI CLIP ViT-B/16 through
-    make_jax.convert), or "scratch" for open_clip's random initialisation; empty is refused (say which one).
+    init_from: the model to start from — any reference make_jax.load takes (a converted directory, a registry
+    name, hf-hub:...; the recipe: OpenAI CLIP ViT-B/16) — or "scratch" for open_clip's random initialisation;
+    empty is refused (say which one; make_jax.train.loop.check_init_from).
     microbatches: > 1 runs the two-pass embedding-cache step (GradCache) over this many micro-batches — the
     same loss and gradients as one pass with the memory of one micro-batch's activations.
     checkpoint_every: steps between checkpoints (the last step is always saved).
@@ -274,9 +275,6 @@ def check_paths(options: TrainOptions) -> None:
         resolve_dataset_dir(options.data.records)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"config.data.records: {e}") from None
-    if options.run.init_from not in ("", "scratch") and not Path(options.run.init_from, "model_config.json").is_file():
-        raise ConfigError(f"config.init_from: {options.run.init_from} is not a make_jax checkpoint directory "
-                          "(no model_config.json)")
     if options.eval.every:
         if not options.eval.csv or not options.eval.classnames:
             raise ConfigError("config.eval.every > 0 needs config.eval.csv and config.eval.classnames")
