@@ -52,15 +52,20 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return path
 
 
-def check_writable(directory: str | Path, what: str) -> Path:
-    """Creates `directory` if needed and proves a file can be written there, before any work; InputError (one
-    line naming `what` and the directory) if not."""
+def check_writable(directory: str | Path, what: str, *, create: bool = True) -> Path:
+    """Proves a file can be written in `directory`, before any work; InputError (one line naming `what` and the
+    directory) if not. `create`: make the directory now; else probe its nearest existing ancestor and leave the
+    file system as it was."""
     directory = Path(directory).absolute()
-    if directory.exists() and not directory.is_dir():
-        raise InputError(f"{what} {directory} is a file, not a directory")
+    for ancestor in (directory, *directory.parents):
+        if ancestor.exists():
+            break
+    if not ancestor.is_dir():
+        raise InputError(f"{what} {directory}: {ancestor} is a file, not a directory")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory if create else ancestor)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     pkg_logger.setLevel(logging.INFO)
     pkg_logger.propagate = False
     try:
-        check_writable(Path(args.out).absolute().parent, f"the folder of OUT {args.out}")  # before reading SRC
+        check_writable(Path(args.out).absolute().parent, f"the folder of OUT {args.out}", create=False)  # first
         if args.to == "open_clip":
             if args.format != "auto" or args.activation:
                 p.error("--format/--activation apply to imports, not to --to open_clip")

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     try:
         if args.out:  # before the encoder and the datasets are loaded
-            check_writable(Path(args.out).absolute().parent, f"the folder of --out {args.out}")
+            check_writable(Path(args.out).absolute().parent, f"the folder of --out {args.out}", create=False)
         cfg = load_config(args.config) if args.config else {}
         checkpoint = args.checkpoint or cfg.get("checkpoint") or None
         random_init = args.random_init or (None if checkpoint else cfg.get("random_init"))

@@ -573,7 +573,7 @@ def convert(
     settings = ConvertSettings(os.path.abspath(images), shorter_side, image_format, jpeg_quality, shard_size, name,
                                version, float(val_fraction), split_seed, dagger_order, encoding,
                                bool(allow_outside_root))
-    check_writable(out, "--out")
+    check_writable(out, "--out", create=False)
 
     # Pass 1: the plan.
     scans = [scan_csv(csv_path, TRAIN, encoding)]
