@@ -393,7 +393,7 @@ class Ontology:
         synonyms: Sequence[str] = ()
         if isinstance(value, dict):
             synonyms = value.get("synonyms", ()) or ()
-            if not isinstance(synonyms, list) or not all(isinstance(s, str) for s in synonyms):
+            if not isinstance(synonyms, (list, tuple)) or not all(isinstance(s, str) for s in synonyms):
                 raise ValueError(f"synonyms of {name!r} must be a list of strings")
             value = value.get("path", value.get("hierarchy"))
         if isinstance(value, str):
