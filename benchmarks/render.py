@@ -39,7 +39,7 @@ def render(res: dict) -> str:
     for r in runs:
         ratio = "—"
         if peer and r["images_per_s"] and r["name"].startswith("jax_") and not r["error"]:
-            ratio = f"{r['images_per_s'] / peer['images_per_s']:.2f}×"
+            ratio = f"{peer_ratio(r, peer):.2f}×"
         remat = r.get("remat")
         lines.append(" | ".join([
             f"| {r['name']}", r["framework"] or "—", r["mode"] or "—", r["model"] or "—", _f(r["batch"], "d"),
@@ -61,6 +61,11 @@ EXTRA_KEYS = ("gflop_per_image", "variants_compiled", "pack_ms", "xla_memory_est
               "images")
 
 
+def peer_ratio(run: dict, peer: dict) -> float:
+    """How many times the PyTorch peer's images/s a run gets."""
+    return run["images_per_s"] / peer["images_per_s"]
+
+
 def targets(runs: list, peer: dict | None) -> list[str]:
     ok = {r["name"]: r for r in runs if not r["error"]}
     packed, pipe = ok.get("jax_packed"), ok.get("input_pipeline")
@@ -74,7 +79,7 @@ def targets(runs: list, peer: dict | None) -> list[str]:
             out.append(f"- peak memory (packed): {packed['peak_bytes'] / 1e9:.1f} GB — "
                        f"{'met' if packed['peak_bytes'] <= 70e9 else 'not met'}")
         if peer:
-            ratio = packed["images_per_s"] / peer["images_per_s"]
+            ratio = peer_ratio(packed, peer)
             out.append(f"- vs the PyTorch peer at batch {peer['batch']}: {ratio:.2f}× — "
                        f"{'met' if ratio >= 6 else 'not met'}")
         if pipe:

@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch_peer  # noqa: E402
 
-from make_jax.losses import LossConfig, dense_layout, make_loss, official_knowledge_embedding  # noqa: E402
+from make_jax.losses import (LossConfig, LossInputs, dense_layout, make_loss,  # noqa: E402
+                             official_knowledge_embedding)
 
 RUN_FIELDS = ("name", "framework", "mode", "model", "batch", "dtype", "images_per_s", "step_ms", "mfu",
               "peak_bytes", "compile_s", "steps", "error")
@@ -58,8 +59,9 @@ def test_peer_loss_equals_official_mode(seed, dkw):
     owner, slot = dense_layout(b, n)
     with jax.enable_x64(True):
         np.testing.assert_allclose(ek.numpy(), np.asarray(official_knowledge_embedding(patches, text)), atol=1e-12)
-        loss, terms = make_loss(image, patches, text, owner, slot, jnp.asarray(mask.reshape(-1) > 0),
-                                jnp.log(scale), LossConfig(mode="official", dkw=dkw))
+        inputs = LossInputs(image=image, patches=patches, text=text, owner=owner, slot=slot,
+                            valid=jnp.asarray(mask.reshape(-1) > 0), logit_scale=jnp.log(scale))
+        loss, terms = make_loss(inputs, LossConfig(mode="official", dkw=dkw))
         want = {"loss": float(loss), "mkcl": float(terms["mkcl"]), "slra": 0.7 * float(terms["slra"])}
     for k, v in want.items():
         assert abs(float(got[k]) - v) < 1e-10, (k, float(got[k]), v)
@@ -140,4 +142,5 @@ def test_render_rows(dry_run):
         assert f"| {name} |" in text, name
     peer = next(r for r in res["runs"] if r["name"] == "torch_peer")["images_per_s"]
     packed = res["runs"][0]["images_per_s"]
-    assert f"{packed / peer:.2f}×" in text
+    row = next(line for line in text.splitlines() if line.startswith("| jax_packed |"))
+    assert f"| {packed / peer:.2f}× |" in row, row  # the packed row's ratio to the peer
