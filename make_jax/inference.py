@@ -104,10 +104,11 @@ class Encoder:
 
     # ---- inputs ---------------------------------------------------------------------------------------------
     def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Texts → (N, context_length) int32 ids (open_clip SimpleTokenizer: SOT 49406, EOT 49407, pad 0)."""
-        from make_jax.tokenizer import tokenize
+        """Texts → (N, context_length) int32 ids, by the tokenizer the model's config names (open_clip's
+        SimpleTokenizer: SOT 49406, EOT 49407, pad 0; or BERT's WordPiece)."""
+        from make_jax.tokenizer import text_tokenizer
 
-        return tokenize(texts, context_length=self.config.text.context_length)
+        return text_tokenizer(self.config.text)(texts, context_length=self.config.text.context_length)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """PIL image → (S, S, 3) float32, open_clip's eval transform with the checkpoint's preprocess_cfg
@@ -149,8 +150,8 @@ class Encoder:
         if ids.ndim != 2 or ids.shape[1] > ctx:
             raise ValueError(f"token ids must be (M, L) with L ≤ {ctx}; got {ids.shape}")
         ids = ids.astype(np.int32)
-        if ids.shape[1] < ctx:  # trailing padding never changes a causal, EOT-pooled embedding
-            ids = np.pad(ids, ((0, 0), (0, ctx - ids.shape[1])))
+        if ids.shape[1] < ctx:  # padding past the text never changes it (causal EOT pooling, or a masked BERT)
+            ids = np.pad(ids, ((0, 0), (0, ctx - ids.shape[1])), constant_values=self.config.text.pad_id)
         return ids
 
     # ---- batched execution ----------------------------------------------------------------------------------

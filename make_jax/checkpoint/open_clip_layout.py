@@ -90,7 +90,11 @@ def _block_shapes(width: int, hidden: int) -> dict[str, tuple[int, ...]]:
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The open_clip state dict (name → shape) of the network `cfg` describes."""
+    """The open_clip state dict (name → shape) of the network `cfg` describes (CLIP text tower only)."""
+    if cfg.text.tower != "clip":
+        raise CheckpointError(f"the open_clip layout here covers the CLIP text tower only, not text.tower="
+                              f"{cfg.text.tower!r} (a BERT tower is read from its Hugging Face directory: "
+                              "make_jax.checkpoint.hf_bert)")
     v, t, e = cfg.vision, cfg.text, cfg.embed_dim
     shapes: dict[str, tuple[int, ...]] = {
         "visual.conv1.weight": (v.width, 3, v.patch_size, v.patch_size),

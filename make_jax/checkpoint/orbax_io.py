@@ -104,8 +104,17 @@ def _pure_params(params: Any) -> dict:
 
 
 def expected_param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Flat 'visual.transformer.blocks.attn.in_proj.kernel' → shape of the model `cfg` describes."""
-    return param_tree_shapes(cfg)
+    """Flat 'visual.transformer.blocks.attn.in_proj.kernel' → shape of the model `cfg` describes: from the
+    open_clip layout tables for the CLIP text tower, from the model's own structure for another tower."""
+    if cfg.text.tower == "clip":
+        return param_tree_shapes(cfg)
+    from flax import nnx
+
+    from make_jax.models import abstract_model
+
+    state = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+    return {".".join(str(k.key) for k in path): tuple(x.shape)
+            for path, x in jax.tree_util.tree_leaves_with_path(state)}
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from make_jax.models.config import ModelConfig
-from make_jax.models.towers import TextTower, VisionTower, l2_normalize
+from make_jax.models.towers import VisionTower, l2_normalize, text_tower_class
 
 LOGIT_SCALE_MAX = math.log(100.0)
 
@@ -32,7 +32,7 @@ class CLIP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         self.visual = VisionTower(cfg, rngs)
-        self.text = TextTower(cfg, rngs)
+        self.text = text_tower_class(cfg.text)(cfg, rngs)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.init_logit_scale, jnp.float32))
         if cfg.init_logit_bias is not None:
             self.logit_bias = nnx.Param(jnp.asarray(cfg.init_logit_bias, jnp.float32))
@@ -47,9 +47,10 @@ class CLIP(nnx.Module):
         pooled, _ = self.visual(images)
         return l2_normalize(pooled)
 
-    def encode_text(self, ids: jax.Array) -> jax.Array:
-        """ids (M, L) → (M, E)."""
-        return l2_normalize(self.text(ids))
+    def encode_text(self, ids: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """ids (M, L), lengths (M,) non-pad tokens (None: the text tower reads them off its tokenizer's ids)
+        → (M, E)."""
+        return l2_normalize(self.text(ids, lengths))
 
     def __call__(self, images: jax.Array, ids: jax.Array) -> tuple[ImageOutputs, jax.Array]:
         return self.encode_image_and_patches(images), self.encode_text(ids)

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 Activation = Literal["quick_gelu", "gelu"]
 AttentionImpl = Literal["xla", "cudnn", "auto"]
+TEXT_TOWERS = ("clip", "bert")
+TOKENIZERS = ("clip_bpe", "wordpiece")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,17 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-    """Causal "GPT2" text tower (open_clip `TextTransformer`), pooled at the EOT token."""
+    """The text tower and its tokenizer.
+
+    tower:      "clip" — the causal "GPT2" transformer of open_clip (`TextTransformer`), pooled at the end-of-text
+                token; "bert" — a bidirectional BERT encoder (Hugging Face `BertModel` layout, e.g. BiomedBERT)
+                pooled at [CLS] (make_jax/models/bert.py).
+    tokenizer:  "clip_bpe" (open_clip's byte-level BPE, shipped) or "wordpiece" (BERT's, from `vocab_file`).
+    vocab_file: the WordPiece vocab.txt (tokenizer "wordpiece" only).
+    pad_id:     the padding id of the tokenizer (0 for both).
+    ln_eps, activation: the text tower's own LayerNorm epsilon and activation (None: the model's; a BERT read by
+                `checkpoint.hf_bert` sets its config's 1e-12 and exact GELU).
+    """
 
     context_length: int = 77
     vocab_size: int = 49408
@@ -49,10 +61,26 @@ class TextConfig:
     layers: int = 12
     heads: int = 8
     mlp_ratio: float = 4.0
+    tower: str = "clip"
+    tokenizer: str = "clip_bpe"
+    vocab_file: str = ""
+    pad_id: int = 0
+    ln_eps: float | None = None
+    activation: str | None = None
+
+    def __post_init__(self):
+        if self.tower not in TEXT_TOWERS:
+            raise ValueError(f"text.tower must be one of {TEXT_TOWERS}, got {self.tower!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"text.tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+        if self.tokenizer == "wordpiece" and not self.vocab_file:
+            raise ValueError("text.tokenizer 'wordpiece' needs text.vocab_file (the vocab.txt)")
+        if self.activation not in (None, "quick_gelu", "gelu"):
+            raise ValueError(f"text.activation must be None, 'quick_gelu' or 'gelu', got {self.activation!r}")
 
     @property
     def mlp_width(self) -> int:
-        return int(self.width * self.mlp_ratio)
+        return int(round(self.width * self.mlp_ratio))
 
 
 @dataclasses.dataclass(frozen=True)

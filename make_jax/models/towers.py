@@ -1,4 +1,5 @@
-"""The image tower (ViT) and the text tower (causal transformer), as open_clip builds them (spec §4)."""
+"""The image tower (ViT) and the CLIP text tower (causal transformer), as open_clip builds them; the text-tower
+choice (`text_tower_class`: this causal one, or the BERT tower of models/bert.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from make_jax.models.config import ModelConfig
+from make_jax.models.bert import BertTextTower
+from make_jax.models.config import ModelConfig, TextConfig
 from make_jax.models.transformer import LayerNorm, Transformer
 
 
@@ -63,11 +66,14 @@ class VisionTower(nnx.Module):
 
 
 class TextTower(nnx.Module):
-    """Causal transformer: token embedding + positions → blocks → ln_final → EOT token (argmax id) @ projection.
+    """Causal transformer: token embedding + positions → blocks → ln_final → end-of-text token @ projection.
 
-    ids: (M, L) int with L ≤ context_length; returns un-normalised (M, E). Since attention is causal and pooling
-    reads the EOT position, trailing padding never changes the result: texts may run at any L that holds them.
+    ids: (M, L) int with L ≤ context_length, lengths: (M,) tokens up to and including the end-of-text token;
+    returns un-normalised (M, E), read at position lengths - 1. Since attention is causal and pooling reads the
+    end-of-text position, trailing padding never changes the result: texts may run at any L that holds them.
     """
+
+    trailing_padding_invariant = True
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
@@ -87,15 +93,34 @@ class TextTower(nnx.Module):
         self.text_projection = nnx.Param(attn_std * jax.random.normal(rngs.params(), (t.width, cfg.embed_dim),
                                                                       jnp.float32))
         self.context_length = t.context_length
+        self.pad_id = t.pad_id
 
-    def __call__(self, ids: jax.Array) -> jax.Array:
+    @staticmethod
+    def token_lengths(ids, pad_id: int = 0):
+        """(M, L) → (M,) int32: tokens up to and including the end-of-text token, for ids of the CLIP tokenizer
+        (whose EOT, 49407, is the largest id of every row; padding is 0, which is also the id of "!", so the
+        pad id cannot tell). Works on numpy arrays (host-side packing) and jax arrays alike."""
+        return (ids.argmax(axis=-1) + 1).astype(np.int32)
+
+    def __call__(self, ids: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
         m, length = ids.shape
         if length > self.context_length:
             raise ValueError(f"token ids have length {length} > context_length {self.context_length}")
+        lengths = self.token_lengths(ids, self.pad_id) if lengths is None else lengths
         x = jnp.take(self.token_embedding[...], ids, axis=0).astype(self.dtype)
         x = x + self.positional_embedding[:length].astype(self.dtype)
         x = self.transformer(x)
         x = self.ln_final(x)
-        eot = jnp.argmax(ids, axis=-1)  # EOT (49407) is the largest id in every row
+        eot = jnp.clip(lengths - 1, 0, length - 1)
         pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
         return pooled @ self.text_projection[...].astype(self.dtype)
+
+
+def text_tower_class(text: TextConfig):
+    """The text tower class `text.tower` names: "clip" (this module's causal tower) or "bert".
+
+    What the rest of the code may ask of it without building one: ``trailing_padding_invariant`` (whether its
+    output ignores everything after a text's last token, so packing may cut texts to shorter context buckets)
+    and ``token_lengths(ids, pad_id)`` (the non-padding tokens of each row of its tokenizer's ids, numpy or jax).
+    """
+    return BertTextTower if text.tower == "bert" else TextTower

@@ -132,8 +132,39 @@ class ResidualBlock(nnx.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class Transformer(nnx.Module):
-    """L residual blocks with stacked parameters, run by `jax.lax.scan`.  x: (B, T, D) → (B, T, D).
+class ScannedBlocks(nnx.Module):
+    """L blocks of one kind with their parameters stacked on a leading (L,) axis, run by `jax.lax.scan`.
+
+    `make_block()` builds one block (called L times, so each draws its own initial parameters); a block maps
+    (x, *extra) → x, and `extra` (e.g. the key lengths of an attention mask) is the same for every layer.
+    """
+
+    def __init__(self, make_block, layers: int, remat: bool = False):
+        states = []
+        graphdef = None
+        for _ in range(layers):
+            graphdef, state = nnx.split(make_block())
+            states.append(state)
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        self.blocks = nnx.merge(graphdef, stacked)  # every Param has a leading (L,) axis
+        self.layers = layers
+        self.remat = remat
+
+    def __call__(self, x: jax.Array, *extra) -> jax.Array:
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def body(h, layer_state):
+            return nnx.merge(graphdef, layer_state)(h, *extra), None
+
+        if self.remat:
+            # Save nothing inside a block: recompute it in the backward pass (memory for batch 2048).
+            body = jax.checkpoint(body, prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, stacked)
+        return x
+
+
+class Transformer(ScannedBlocks):
+    """L pre-LN residual blocks (open_clip's), stacked and scanned.  x: (B, T, D) → (B, T, D).
 
     `init_stds` gives the normal-init std of each matrix (open_clip's text-tower scheme); a missing entry
     means torch's default initialisation (what open_clip's vision tower keeps).
@@ -141,25 +172,5 @@ class Transformer(nnx.Module):
 
     def __init__(self, width: int, layers: int, heads: int, hidden: int, *, causal: bool, init_stds: dict,
                  cfg: ModelConfig, rngs: nnx.Rngs, remat: bool = False):
-        states = []
-        graphdef = None
-        for _ in range(layers):
-            block = ResidualBlock(width, heads, hidden, causal=causal, init_stds=init_stds, cfg=cfg, rngs=rngs)
-            graphdef, state = nnx.split(block)
-            states.append(state)
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-        self.blocks = nnx.merge(graphdef, stacked)  # every Param has a leading (L,) axis
-        self.layers = layers
-        self.remat = remat
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        graphdef, stacked = nnx.split(self.blocks)
-
-        def body(h, layer_state):
-            return nnx.merge(graphdef, layer_state)(h), None
-
-        if self.remat:
-            # Save nothing inside a block: recompute it in the backward pass (memory for batch 2048).
-            body = jax.checkpoint(body, prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, stacked)
-        return x
+        super().__init__(lambda: ResidualBlock(width, heads, hidden, causal=causal, init_stds=init_stds, cfg=cfg,
+                                               rngs=rngs), layers, remat)

@@ -18,8 +18,11 @@ PEAK_BF16_FLOPS = {
 }
 
 
-def transformer_forward_flops(width: int, layers: int, tokens: int) -> float:
-    per_layer_macs = 12 * width * width * tokens + 2 * tokens * tokens * width
+def transformer_forward_flops(width: int, layers: int, tokens: int, hidden: int | None = None) -> float:
+    """q, k, v, out (4·D²) and the MLP (2·D·H; H = 4·D by default, so 12·D² in all) per token, plus attention
+    scores and mixing (2·T²·D) per layer."""
+    hidden = 4 * width if hidden is None else hidden
+    per_layer_macs = (4 * width * width + 2 * width * hidden) * tokens + 2 * tokens * tokens * width
     return 2.0 * layers * per_layer_macs
 
 
@@ -27,12 +30,14 @@ def image_forward_flops(cfg: ModelConfig) -> float:
     v = cfg.vision
     tokens = v.num_patches + 1
     conv = 2.0 * v.num_patches * (3 * v.patch_size * v.patch_size) * v.width
-    return transformer_forward_flops(v.width, v.layers, tokens) + conv
+    return transformer_forward_flops(v.width, v.layers, tokens, v.mlp_width) + conv
 
 
 def text_forward_flops(cfg: ModelConfig, context: int | None = None) -> float:
+    """One text at `context` tokens through the configured text tower (CLIP's causal transformer or BERT: the
+    same block arithmetic, from the tower's width, depth and MLP width)."""
     t = cfg.text
-    return transformer_forward_flops(t.width, t.layers, context or t.context_length)
+    return transformer_forward_flops(t.width, t.layers, context or t.context_length, t.mlp_width)
 
 
 def train_flops_per_image(cfg: ModelConfig, texts_per_image: float, context: int | None = None) -> float:

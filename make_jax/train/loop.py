@@ -123,7 +123,7 @@ def initial_params(config, model_cfg: ModelConfig, params):
     return loaded
 
 
-def packing_config(config, loss_cfg: LossConfig, microbatches: int):
+def packing_config(config, loss_cfg: LossConfig, microbatches: int, model_cfg: ModelConfig):
     """The PackConfig of `config.packing` (None when off). Packing needs paper mode and one process (every
     process would otherwise have to agree on the budgets and offset its owners)."""
     p = config.packing
@@ -138,7 +138,8 @@ def packing_config(config, loss_cfg: LossConfig, microbatches: int):
 
     samples = sample_batches(config, p.sample_batches)
     pack = suggest_pack_config(samples, quantile=p.quantile, multiple_of=jax.device_count() * microbatches,
-                               dedup=p.dedup, groups=tuple(p.groups), loss_config=loss_cfg)
+                               dedup=p.dedup, groups=tuple(p.groups), loss_config=loss_cfg,
+                               text=model_cfg.text)
     logger.info("text packing: %s", pack)
     return pack
 
@@ -203,7 +204,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     if loss_cfg.objective == "sigmoid" and (microbatches > 1 or config.packing.enabled):
         raise ConfigError("loss.objective='sigmoid' (SigLIP) runs with the one-pass step: set microbatches=1 and "
                           "packing.enabled=False")
-    pack = packing_config(config, loss_cfg, microbatches)
+    pack = packing_config(config, loss_cfg, microbatches, model_cfg)
     # microbatches > 1: GradCache (same loss and gradients as one pass, activations of one micro-batch at a time)
     step_impl = select_train_step(fns, optimizer, loss_cfg, schedule, microbatches)
     step_fn = jit_train_step(step_impl, mesh, state)
@@ -232,7 +233,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
             if pack is not None:
                 from make_jax.train.packing import pack_batch
 
-                host_batch, pack_stats = pack_batch(host_batch, pack, loss_cfg)
+                host_batch, pack_stats = pack_batch(host_batch, pack, loss_cfg, model_cfg.text)
                 dropped_texts += pack_stats["dropped"]
             batch = _global_batch(host_batch, sharding)
             state, metrics = step_fn(state, batch)

@@ -10,8 +10,10 @@ rounding; tests/test_packing.py checks this against the dense 77-token step):
   statistics), with explicit ``row_owner`` / ``row_slot`` / ``row_valid``; padding rows are invalid. Paper mode
   only: the paper loss accepts rows in any order (MAKE_SPEC §1); official mode needs the dense layout.
 * **Context buckets.** The texts are cut to the shortest bucket (16, 24, 32, 48, 64, 77) that holds the longest
-  text of the batch. Exact: attention is causal and the embedding is read at the EOT, so positions after a
-  text's EOT never reach its embedding (MAKE_SPEC §7). Shapes are chosen on the host from a fixed list.
+  text of the batch. Exact for the CLIP text tower: attention is causal and the embedding is read at the EOT, so
+  positions after a text's EOT never reach its embedding. Packing asks the tower
+  (``trailing_padding_invariant``) and refuses buckets for one that does not declare it (the BERT tower).
+  Shapes are chosen on the host from a fixed list.
 * **Length groups** (buckets per group). At batch 2048 the longest raw caption nearly always needs 64-77 tokens,
   so one bucket for the whole batch saves little. With ``groups`` (fractions of the encoded budget), the texts
   to encode are sorted by length and split into consecutive groups of static sizes; each group runs at its own
@@ -56,6 +58,8 @@ import numpy as np
 
 from make_jax.data.schema import FIRST_SUBTEXT
 from make_jax.losses import LossConfig
+from make_jax.models.config import TextConfig
+from make_jax.models.towers import text_tower_class
 
 DEFAULT_BUCKETS = (16, 24, 32, 48, 64, 77)
 ROW_KEYS = ("row_text", "row_owner", "row_slot", "row_valid")
@@ -137,17 +141,26 @@ class PackConfig:
 
 # ---- host side (numpy) ------------------------------------------------------------------------------------
 
-def text_lengths(ids: np.ndarray) -> np.ndarray:
-    """Tokens up to and including the EOT (the largest id of a row): argmax + 1. Empty (all-zero) rows give 1."""
-    return np.argmax(ids, axis=-1).astype(np.int32) + 1
+def text_lengths(ids: np.ndarray, text: TextConfig = TextConfig()) -> np.ndarray:
+    """Tokens of each row, as the text tower reads them (`token_lengths`; for CLIP, up to and including the EOT,
+    and an all-zero row gives 1)."""
+    return np.asarray(text_tower_class(text).token_lengths(np.asarray(ids), text.pad_id), np.int32)
 
 
-def canonical_ids(ids: np.ndarray) -> np.ndarray:
-    """ids with every position after the EOT set to 0: the same embedding (causal attention, EOT pooling), and
-    one representation per text for de-duplication."""
-    length = text_lengths(ids)
+def canonical_ids(ids: np.ndarray, text: TextConfig = TextConfig()) -> np.ndarray:
+    """ids with every position past the text's length set to the pad id: one representation per text for
+    de-duplication (and, for a trailing-padding invariant tower, the same embedding)."""
+    length = text_lengths(ids, text)
     keep = np.arange(ids.shape[-1], dtype=np.int32) < length[..., None]
-    return np.where(keep, ids, 0).astype(np.int32, copy=False)
+    return np.where(keep, ids, text.pad_id).astype(np.int32, copy=False)
+
+
+def check_buckets(config: PackConfig, text: TextConfig) -> None:
+    """Context buckets cut texts after their last token: exact only for a tower whose output ignores trailing
+    padding (the causal CLIP tower); asked of the tower, not assumed."""
+    if config.buckets is not None and not text_tower_class(text).trailing_padding_invariant:
+        raise ValueError(f"PackConfig.buckets {config.buckets}: the {text.tower!r} text tower does not declare its "
+                         "output independent of trailing padding; pack with buckets=None")
 
 
 def choose_bucket(max_length: int, buckets: Sequence[int] | None, context_length: int) -> int:
@@ -224,8 +237,11 @@ def _drops_needed(n_rows: int, m_budget: int, drop_order: np.ndarray, inverse: n
     return d
 
 
-def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossConfig()) -> tuple[dict, dict]:
+def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossConfig(),
+               text: TextConfig = TextConfig()) -> tuple[dict, dict]:
     """Dense batch (``images``, ``text_ids`` (B, N, L), ``text_valid`` (B, N)) → (packed batch, stats).
+
+    ``text`` is the model's text config: its tower says how long each text is and whether buckets are exact.
 
     The packed batch has the layout of the module docstring (other keys of ``batch`` pass through unchanged).
     stats (Python ints; buckets a tuple): valid (valid rows the loss can use), kept, dropped (subtext rows cut by the overflow
@@ -235,6 +251,7 @@ def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossCo
     """
     if loss_config.mode != "paper":
         raise ValueError("packed batches need paper mode; official mode uses the dense layout")
+    check_buckets(config, text)
     ids = np.asarray(batch["text_ids"])
     valid = np.asarray(batch["text_valid"]).astype(bool)
     b, n, length = ids.shape
@@ -242,7 +259,7 @@ def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossCo
     rows = np.flatnonzero(valid[:, :n_used].ravel())  # sample-major row numbers of the valid rows
     owner = (rows // n_used).astype(np.int32)
     slot = (rows % n_used).astype(np.int32)
-    flat = canonical_ids(ids[:, :n_used].reshape(b * n_used, length)[rows])
+    flat = canonical_ids(ids[:, :n_used].reshape(b * n_used, length)[rows], text)
     n_valid = rows.size
 
     inverse = first = None
@@ -274,7 +291,7 @@ def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossCo
     m_budget, e_budget = config.row_budgets[tier], config.encoded_budget(tier)
     # sort the encoded texts by length (padding, length 0, first) and cut them into the static groups
     lens = np.zeros(e_budget, np.int32)
-    lens[:enc.shape[0]] = text_lengths(enc)
+    lens[:enc.shape[0]] = text_lengths(enc, text)
     order = np.argsort(lens, kind="stable")  # encoded position p holds text order[p]
     position = np.empty(e_budget, np.int32)
     position[order] = np.arange(e_budget, dtype=np.int32)
@@ -284,7 +301,7 @@ def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossCo
     for g, size in enumerate(config.group_sizes(tier)):
         idx = order[start:start + size]
         bucket = choose_bucket(max(int(lens[idx].max()), 1), config.buckets, length)
-        ids_g = np.zeros((size, bucket), np.int32)
+        ids_g = np.full((size, bucket), text.pad_id, np.int32)
         real = idx < enc.shape[0]
         ids_g[real] = enc[idx[real], :bucket]
         out[f"text_ids_{g}"] = ids_g
@@ -308,15 +325,16 @@ def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossCo
     return out, stats
 
 
-def batch_text_counts(text_ids: np.ndarray, text_valid: np.ndarray, loss_config: LossConfig = LossConfig()) -> dict:
+def batch_text_counts(text_ids: np.ndarray, text_valid: np.ndarray, loss_config: LossConfig = LossConfig(),
+                      text: TextConfig = TextConfig()) -> dict:
     """Per-batch statistics for choosing budgets: valid rows, unique valid texts, longest valid text."""
     ids = np.asarray(text_ids)
     b, n, length = ids.shape
     n_used = loss_config.slots_used(n)
     rows = np.flatnonzero(np.asarray(text_valid)[:, :n_used].ravel())
-    flat = canonical_ids(ids[:, :n_used].reshape(b * n_used, length)[rows])
+    flat = canonical_ids(ids[:, :n_used].reshape(b * n_used, length)[rows], text)
     return {"valid": int(rows.size), "unique": int(unique_rows(flat)[0].size),
-            "max_length": int(text_lengths(flat).max()) if rows.size else 1}
+            "max_length": int(text_lengths(flat, text).max()) if rows.size else 1}
 
 
 def round_up(x: float, multiple: int) -> int:
@@ -326,18 +344,21 @@ def round_up(x: float, multiple: int) -> int:
 def suggest_pack_config(sample_batches: Sequence[dict] | Sequence[tuple], quantile: float = 0.99,
                         multiple_of: int = 8, dedup: bool = True, fallback: bool = True,
                         buckets: tuple[int, ...] | None = DEFAULT_BUCKETS, groups: tuple[float, ...] = (1.0,),
-                        loss_config: LossConfig = LossConfig()) -> PackConfig:
+                        loss_config: LossConfig = LossConfig(), text: TextConfig = TextConfig()) -> PackConfig:
     """Budgets from a sample of dense batches (dicts with text_ids/text_valid, or (text_ids, text_valid) pairs):
     the ``quantile`` of the per-batch valid-row and unique-text counts, rounded up to ``multiple_of`` (use a
     multiple of the device count times the GradCache micro-batch count). ``fallback`` adds a second tier of
     B·n slots, so no batch ever drops a text (a second compiled variant, used by the rare batches past the
-    quantile); without it such batches drop subtexts (see the module docstring)."""
+    quantile); without it such batches drop subtexts (see the module docstring). ``buckets`` is dropped (None)
+    for a text tower that is not trailing-padding invariant (``text``: the model's text config)."""
+    if not text_tower_class(text).trailing_padding_invariant:
+        buckets = None
     counts = []
     shape = None
     for sb in sample_batches:
         ids, valid = (sb["text_ids"], sb["text_valid"]) if isinstance(sb, dict) else sb
         shape = np.shape(ids)
-        counts.append(batch_text_counts(ids, valid, loss_config))
+        counts.append(batch_text_counts(ids, valid, loss_config, text))
     if not counts:
         raise ValueError("need at least one sample batch")
     b, n = shape[0], loss_config.slots_used(shape[1])
@@ -370,6 +391,7 @@ __all__ = [
     "PackConfig",
     "batch_text_counts",
     "canonical_ids",
+    "check_buckets",
     "choose_bucket",
     "is_packed",
     "pack_batch",
