@@ -89,3 +89,15 @@ def test_launch_help_exits_zero_with_the_fields():
                        cwd="/", env=_env())
     assert r.returncode == 0, r.stderr[-2000:]
     assert "config fields of demo with their defaults" in r.stdout and "  batch_size = " in r.stdout
+
+
+def test_config_names_in_launch_argv():
+    from make_jax.train.cli import prepare_argv
+
+    demo = str(REPO / "configs" / "demo.py")
+    assert prepare_argv(["launch.py", "--config", "demo", "--workdir", "w"]) == ["launch.py", "--config", demo,
+                                                                                 "--workdir", "w"]
+    # absl keeps the last --config: that is the one resolved; an unknown name is left for launch.py to report
+    assert prepare_argv(["x", "--config=nope", "--config=ablation:row=make"])[2] == \
+        f"--config={REPO / 'configs' / 'ablation.py'}:row=make"
+    assert prepare_argv(["x", "--config=configs/no_such.py"]) == ["x", "--config=configs/no_such.py"]

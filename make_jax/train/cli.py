@@ -38,12 +38,14 @@ def config_fields(spec: str) -> list[str]:
 
 
 def _config_arg(argv: Sequence[str]) -> tuple[int, str] | None:
+    """(index, value) of the last --config (absl keeps the last one)."""
+    found = None
     for i, a in enumerate(argv):
         if a == "--config" and i + 1 < len(argv):
-            return i + 1, argv[i + 1]
-        if a.startswith("--config="):
-            return i, a[len("--config="):]
-    return None
+            found = i + 1, argv[i + 1]
+        elif a.startswith("--config="):
+            found = i, a[len("--config="):]
+    return found
 
 
 def prepare_argv(argv: Sequence[str], doc: str = "") -> list[str]:
@@ -56,9 +58,8 @@ def prepare_argv(argv: Sequence[str], doc: str = "") -> list[str]:
     spec = found[1] if found else DEFAULT_CONFIG
     try:
         resolved = resolve_spec(spec)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except ValueError:  # not a file and not a packaged name: launch.py's own check reports it in one line
+        resolved = spec
     if found:
         i = found[0]
         argv[i] = resolved if argv[i] == spec else f"--config={resolved}"
