@@ -196,18 +196,34 @@ def test_packing_the_knowledge_positives():
 # ---- the overflow rule ------------------------------------------------------------------------------------
 
 
-def greedy_drops(counts, n_drop):
-    """Reference rule, one row at a time: the last subtext of the image with the most remaining subtexts,
-    ties to the highest image index. Returns the dropped (image, slot) pairs in order."""
-    counts = list(counts)
+def greedy_drops(valid, n_drop):
+    """Reference rule, one row at a time, on a (B, N) validity mask (subtext slots may have gaps, as the converter
+    writes them): the image with the most remaining valid subtexts, ties to the highest image index, loses its
+    highest-slot remaining subtext. Returns the dropped (image, slot) pairs in order."""
+    remaining = [[s for s in range(3, valid.shape[1]) if valid[i, s]] for i in range(valid.shape[0])]
     out = []
     for _ in range(n_drop):
-        top = max(counts)
+        top = max(len(r) for r in remaining)
         assert top > 0
-        i = max(j for j, c in enumerate(counts) if c == top)
-        out.append((i, 3 + counts[i] - 1))
-        counts[i] -= 1
+        i = max(j for j, r in enumerate(remaining) if len(r) == top)
+        out.append((i, remaining[i].pop()))
     return out
+
+
+def with_gaps(valid, rng):
+    """The same number of valid subtexts per image, at random slots among 3..N-1 (gaps between them)."""
+    valid = valid.copy()
+    for i in range(valid.shape[0]):
+        c = int(valid[i, 3:].sum())
+        valid[i, 3:] = False
+        valid[i, 3 + rng.choice(valid.shape[1] - 3, c, replace=False)] = True
+    return valid
+
+
+def text_key(ids_row):
+    """A text's identity as the tokenizer defines it: its tokens up to and including the EOT (49407)."""
+    row = [int(t) for t in ids_row]
+    return tuple(row[:row.index(49407) + 1])
 
 
 def _kept_pairs(packed):
@@ -216,15 +232,17 @@ def _kept_pairs(packed):
 
 
 def test_overflow_drops_subtexts_of_the_fullest_images_first_and_stays_exact():
-    counts = np.array([8, 1, 0, 8, 7, 8, 8, 6])  # 46 subtexts
+    counts = np.array([8, 1, 0, 8, 7, 8, 8, 6])  # 46 subtexts, at random slots (gaps, as the converter writes)
     batch = make_batch(5, subtext_counts=counts)
+    batch["text_valid"] = with_gaps(batch["text_valid"], np.random.default_rng(5))
+    assert not np.array_equal(batch["text_valid"][4, 3:], [True] * 7 + [False])  # image 4 really has a gap
     batch["text_valid"][:, :3] = True  # 24 knowledge rows
     n_valid = int(batch["text_valid"].sum())
     assert n_valid == 70
     packed, stats = pack_batch(batch, PackConfig(row_budgets=(64,), unique_budgets=(64,)))
     n_drop = n_valid - 64
     assert stats["dropped"] == n_drop and stats["kept"] == 64 and stats["valid"] == n_valid
-    dropped = greedy_drops(counts, n_drop)
+    dropped = greedy_drops(batch["text_valid"], n_drop)
     assert all(s >= 3 for _, s in dropped)
     all_valid = set(zip(*np.nonzero(batch["text_valid"])))
     assert _kept_pairs(packed) == {(int(i), int(s)) for i, s in all_valid} - set(dropped)
@@ -247,10 +265,11 @@ def test_drop_order_matches_the_greedy_rule_on_random_layouts():
         valid[:, 0] = True
         for i, c in enumerate(counts):
             valid[i, 3:3 + c] = True
+        valid = with_gaps(valid, rng)
         rows = np.flatnonzero(valid.ravel())
         order = subtext_drop_order(rows // N, rows % N)
         got = [(int(rows[j] // N), int(rows[j] % N)) for j in order]
-        assert got == greedy_drops(counts, int(counts.sum()))
+        assert got == greedy_drops(valid, int(counts.sum()))
 
 
 def test_unique_budget_overflow_drops_subtexts_until_the_unique_texts_fit():
@@ -266,11 +285,10 @@ def test_unique_budget_overflow_drops_subtexts_until_the_unique_texts_fit():
     assert stats["unique"] <= u_budget
     # reference: drop in the greedy order, one at a time, until the unique texts fit
     all_pairs = [(int(i), int(s)) for i, s in zip(*np.nonzero(valid))]
-    canon = packing.canonical_ids(ids)
     kept = set(all_pairs)
     dropped = []
-    for pair in greedy_drops(counts, int(counts.sum())):
-        if len({canon[i, s].tobytes() for i, s in kept}) <= u_budget:
+    for pair in greedy_drops(valid, int(counts.sum())):
+        if len({text_key(ids[i, s]) for i, s in kept}) <= u_budget:
             break
         kept.discard(pair)
         dropped.append(pair)
@@ -334,7 +352,9 @@ def test_packed_rows_reconstruct_the_dense_texts(ci):
         v = packed["row_valid"]
         assert v.sum() == stats["kept"] == stats["valid"] - stats["dropped"]
         assert np.all(v[:stats["kept"]]) and not np.any(v[stats["kept"]:])
-        want = packing.canonical_ids(batch["text_ids"][packed["row_owner"][v], packed["row_slot"][v]])
+        # each kept row's text: its dense ids up to the EOT, zeros after (what the encoder reads of it)
+        dense = batch["text_ids"][packed["row_owner"][v], packed["row_slot"][v]]
+        want = np.array([list(text_key(t)) + [0] * (L - len(text_key(t))) for t in dense])
         np.testing.assert_array_equal(full[packed["row_text"][v]], want)
         assert np.all(batch["text_valid"][packed["row_owner"][v], packed["row_slot"][v]])
         if config.dedup:
