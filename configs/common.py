@@ -9,8 +9,7 @@ import ml_collections
 
 from make_jax.data.transforms import TrainTransformConfig
 from make_jax.losses import LossConfig
-from make_jax.train.config import (DataOptions, EvalOptions, ModelOptions, OptimOptions, PackingOptions,
-                                   RunOptions, section)
+from make_jax.train.config import DataOptions, ModelOptions, OptimOptions, PackingOptions, RunOptions, section
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -23,7 +22,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.augment = section(TrainTransformConfig, exclude=("size",))  # size is data.image_size
     c.optim = section(OptimOptions)
     c.packing = section(PackingOptions)
-    c.eval = section(EvalOptions)            # periodic zero-shot evaluation (every=0: off)
     # Data preparation steps run before training, {step: options} (make_jax.train.prepare.STEPS).
     c.prepare = ml_collections.ConfigDict()
+
+    # Evaluations during training, {name: dict(task=..., every=..., **options)} (make_jax/evaluate/suite.py):
+    # an entry with every > 0 runs every that many steps, every entry runs at the final step (WORKDIR/eval.json).
+    # Order kept as written (sort_keys=False). Images per encoder call:
+    # eval_batch_size (a top-level field).
+    c.evals = ml_collections.ConfigDict(sort_keys=False)
     return c

@@ -1,4 +1,4 @@
-"""The embedded default: SynthDerm → records → a small MAKE model trained on CPU → export → evaluation.
+"""The embedded default: SynthDerm → records → a tiny MAKE model trained on CPU → export → evaluation.
 
     python launch.py --config configs/demo.py --workdir runs/demo
 
@@ -8,8 +8,9 @@ On a fresh machine it generates SynthDerm (`data/synthderm/`, git-ignored) if ab
 concept and retrieval sets (WORKDIR/eval.json). Rerunning resumes from WORKDIR's last checkpoint.
 """
 
+from configs import eval_synthderm
 from configs.common import base_config
-from make_jax.train.config import FinalEvalOptions, SynthDermOptions, section
+from make_jax.train.config import SynthDermOptions, section
 
 
 def get_config():
@@ -42,11 +43,7 @@ def get_config():
     c.checkpoint_every = 250
     c.keep_checkpoints = 2
 
-    # Zero-shot accuracy on SynthDerm's held-out set every 250 steps (logged under "eval" in metrics.jsonl).
-    c.eval.every = 250
-    c.eval.csv = "data/synthderm/zeroshot/test.csv"
-    c.eval.classnames = "data/synthderm/zeroshot/classnames.json"
-
-    # Evaluation of the export on SynthDerm's held-out sets (paths relative to c.prepare.synthderm.out).
-    c.final_eval = section(FinalEvalOptions)
+    # SynthDerm's held-out zero-shot (every 250 steps and at the end, logged under "eval" in metrics.jsonl),
+    # concept and retrieval sets (at the end, WORKDIR/eval.json).
+    c.evals = eval_synthderm.synthderm_evals("data/synthderm", zero_shot_every=250)
     return c

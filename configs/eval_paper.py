@@ -18,7 +18,7 @@ A set whose files are missing is reported as an error in the results; the others
 import ml_collections
 
 # Published numbers (MAKE paper) for comparison in the summary; see docs/evaluation.md.
-# Keys are the set names below and the headline metrics of `make_jax.evaluate.cli.headline`.
+# Keys are the set names below and the headline metrics each task registers (make_jax.evaluate.registry).
 PUBLISHED = {"PAD": {"top1": 0.5953}, "F17K": {"top1": 0.3242}, "SNU-134": {"top1": 0.3270},
              "SD-128": {"top1": 0.3914}, "SkinCon": {"mean_auroc": 0.7873}, "Derm7pt": {"mean_auroc": 0.6864},
              "SkinCAP": {"i2t_R@10": 0.2096, "t2i_R@10": 0.1995}}
@@ -30,16 +30,16 @@ def get_config(arg: str = "data/eval"):
     c.checkpoint = ""  # give --checkpoint on the command line
     c.batch_size = 64
     c.published = PUBLISHED
-    zs = lambda name, preset: dict(name=name, task="zero_shot", csv=f"{root}/{name}/test.csv",  # noqa: E731
+    zs = lambda name, preset: dict(task="zero_shot", csv=f"{root}/{name}/test.csv",  # noqa: E731
                                    image_root=f"{root}/{name}/images", classes=preset, topk=(1, 5))
-    c.evals = [
-        zs("PAD", "PAD"),
-        zs("F17K", "F17K"),
-        zs("SNU-134", "SNU-134"),
-        zs("SD-128", "SD-128"),
-        dict(name="SkinCon", task="concepts", data_dir=f"{root}/skincon"),
-        dict(name="Derm7pt", task="concepts", data_dir=f"{root}/derm7pt"),
-        dict(name="SkinCAP", task="retrieval", csv=f"{root}/skincap/skincap.csv", image_root=f"{root}/skincap/images",
-             caption_column="caption_zh_polish_en"),
-    ]
+    c.evals = ml_collections.ConfigDict({
+        "PAD": zs("PAD", "PAD"),
+        "F17K": zs("F17K", "F17K"),
+        "SNU-134": zs("SNU-134", "SNU-134"),
+        "SD-128": zs("SD-128", "SD-128"),
+        "SkinCon": dict(task="concepts", data_dir=f"{root}/skincon"),
+        "Derm7pt": dict(task="concepts", data_dir=f"{root}/derm7pt"),
+        "SkinCAP": dict(task="retrieval", csv=f"{root}/skincap/skincap.csv", image_root=f"{root}/skincap/images",
+                        caption_column="caption_zh_polish_en"),
+    }, sort_keys=False)
     return c

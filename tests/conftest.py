@@ -78,7 +78,7 @@ def tiny_train_config(records: str, **overrides):
     c.batch_size = 8
     c.progress = False
     c.tensorboard = False
-    c.eval.every = 0
+    c.evals = {}
     for k, v in overrides.items():
         c[k] = v
     return c

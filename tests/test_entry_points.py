@@ -23,11 +23,13 @@ def test_launch_plain_run_trains_exports_and_evaluates(synthderm_small, tmp_path
     proc = _run(["launch.py", "--config", "configs/demo.py", "--workdir", str(work),
                  f"--config.prepare.synthderm.out={root}", f"--config.prepare.synthderm.records={root / 'records'}",
                  "--config.prepare.synthderm.shorter_side=36",
-                 f"--config.eval.csv={root / 'zeroshot' / 'test.csv'}",
-                 f"--config.eval.classnames={root / 'zeroshot' / 'classnames.json'}",
+                 f"--config.evals.zeroshot.csv={root / 'zeroshot' / 'test.csv'}",
+                 f"--config.evals.zeroshot.classes={root / 'zeroshot' / 'classnames.json'}",
+                 f"--config.evals.concepts.data_dir={root / 'skincon'}",
+                 f"--config.evals.retrieval.csv={root / 'retrieval' / 'retrieval.csv'}",
                  "--config.data.image_size=32", "--config.data.context_length=16", "--config.data.prefetch=0",
                  "--config.batch_size=8", "--config.total_steps=2", "--config.checkpoint_every=2",
-                 "--config.log_every=1", "--config.eval.every=0", "--config.eval.batch_size=16",
+                 "--config.log_every=1", "--config.evals.zeroshot.every=0", "--config.eval_batch_size=16",
                  "--config.progress=False", "--config.tensorboard=True"])
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
@@ -40,9 +42,10 @@ def test_launch_plain_run_trains_exports_and_evaluates(synthderm_small, tmp_path
     assert [m["step"] for m in train] == [1, 2] and all(m["loss"] > 0 for m in train)
     assert summary["final"]["loss"] == round(train[-1]["loss"], 5)
     assert list((work / "tb").glob("events.out.tfevents.*"))
-    final = json.loads((work / "eval.json").read_text())["results"]
+    final = {r["task"]: r for r in json.loads((work / "eval.json").read_text())["results"]}
     assert set(final) == {"zero_shot", "concepts", "retrieval"}
-    assert summary["eval"]["zero_shot"]["top1"] == final["zero_shot"]["metrics"]["top1"]
+    headline = {r["task"]: r for r in summary["eval"]}
+    assert headline["zero_shot"]["top1"] == final["zero_shot"]["metrics"]["top1"]
 
 
 def _paper_layout(root: Path, out: Path) -> Path:

@@ -573,11 +573,11 @@ def test_cli_config_runs_all_tasks_matching_independent_numpy(tiny, tmp_path):
         "def get_config(root):\n"
         "    c = ml_collections.ConfigDict()\n"
         "    c.batch_size = 4\n"
-        "    c.evals = [dict(name='zs', task='zero_shot', csv=root + '/zs/test.csv', classes='PAD', topk=(1, 5),\n"
-        "                    save_predictions=True),\n"
-        "               dict(name='sc', task='concepts', data_dir=root + '/sc', save_scores=True),\n"
-        "               dict(name='rt', task='retrieval', csv=root + '/rt/rt.csv', ks=(1, 2, 5)),\n"
-        "               dict(name='broken', task='zero_shot', csv=root + '/nothere.csv', classes='PAD')]\n"
+        "    c.evals = ml_collections.ConfigDict(dict(\n"
+        "        zs=dict(task='zero_shot', csv=root + '/zs/test.csv', classes='PAD', topk=(1, 5), save_predictions=True),\n"
+        "        sc=dict(task='concepts', data_dir=root + '/sc', save_scores=True),\n"
+        "        rt=dict(task='retrieval', csv=root + '/rt/rt.csv', ks=(1, 2, 5)),\n"
+        "        broken=dict(task='zero_shot', csv=root + '/nothere.csv', classes='PAD')), sort_keys=False)\n"
         "    return c\n")
     out = tmp_path / "res" / "all.json"
     rc = main(["--checkpoint", str(ckpt), "--config", f"{cfg}:{root}", "--out", str(out), "--no-progress"])
@@ -707,8 +707,8 @@ def test_synthderm_output_through_the_eval_config(tiny, tmp_path):
     generate(str(sd), SynthDermConfig(seed=3, num_train=4, num_val=2, num_zeroshot=32, num_concepts=24,
                                       num_retrieval=10, captions_per_image=2, image_size=32), progress=False)
     cfg = load_config(f"{Path(__file__).parents[1] / 'configs' / 'eval_synthderm.py'}:{sd}")
-    results = {e["name"]: run_task(enc, e.pop("task"), progress=False, **{k: v for k, v in e.items() if k != "name"})
-               for e in cfg["evals"]}
+    results = {name: run_task(enc, e.pop("task"), progress=False, **{k: v for k, v in e.items() if k != "every"})
+               for name, e in cfg["evals"].items()}
     zs = results["synthderm-zeroshot"]
     n_classes = len(json.loads((sd / "zeroshot" / "classnames.json").read_text())["classnames"])
     assert zs["dataset"]["evaluated"] == 32 and zs["dataset"]["num_classes"] == n_classes

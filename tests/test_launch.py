@@ -108,8 +108,9 @@ def test_sweep_orchestration_with_training_stubbed(tmp_path):
         calls.append((cfg, Path(workdir)))
         k = len(calls)
         return {"metrics": {"loss": 1.0 * k, "mkcl": 0.5 * k, "slra": 0.25 * k},
-                "eval": {"zero_shot": {"top1": 0.1 * k}, "concepts": {"mean_auroc": 0.2 * k},
-                         "retrieval": {"i2t_R@10": 0.3 * k, "t2i_R@10": 0.4 * k}}}
+                "eval": [{"name": "zs", "task": "zero_shot", "top1": 0.1 * k},
+                         {"name": "sc", "task": "concepts", "mean_auroc": 0.2 * k},
+                         {"name": "rt", "task": "retrieval", "i2t_R@10": 0.3 * k, "t2i_R@10": 0.4 * k}]}
 
     table = run_sweep(config, tmp_path / "sweep", fake_run)
     rows = ["clip", "clip_dagger", "make"]
@@ -142,6 +143,7 @@ def test_sweep_trains_and_evaluates_one_real_row(synthderm_small, tmp_path):
     # One row, one step, through launch's real run (training, export, final evaluation): the table holds what
     # the run measured.
     from configs.ablation import get_config
+    from configs.eval_synthderm import synthderm_evals
     from make_jax.train.run import run_sweep
 
     root, records = synthderm_small
@@ -149,8 +151,7 @@ def test_sweep_trains_and_evaluates_one_real_row(synthderm_small, tmp_path):
     config.prepare.synthderm.out = str(root)
     config.prepare.synthderm.records = str(root / "records")
     config.prepare.synthderm.shorter_side = 36
-    config.eval.csv = str(root / "zeroshot" / "test.csv")
-    config.eval.classnames = str(root / "zeroshot" / "classnames.json")
+    config.evals = synthderm_evals(str(root))
     config.model.name = "tiny"
     config.data.image_size = 32
     config.data.context_length = 16
@@ -160,10 +161,9 @@ def test_sweep_trains_and_evaluates_one_real_row(synthderm_small, tmp_path):
     config.checkpoint_every = 1
     config.progress = False
     config.tensorboard = False
-    config.eval.every = 0
-    config.eval.batch_size = 16
+    config.eval_batch_size = 16
     (row,) = run_sweep(config, tmp_path / "sweep")
-    final = json.loads((tmp_path / "sweep" / "make" / "eval.json").read_text())["results"]
+    final = {r["task"]: r for r in json.loads((tmp_path / "sweep" / "make" / "eval.json").read_text())["results"]}
     assert row["row"] == "make" and row["loss"] > 0 and row["slra"] > 0  # the make row has an slra term
     assert row["zero_shot_top1"] == final["zero_shot"]["metrics"]["top1"]
     assert row["concept_auroc"] == final["concepts"]["metrics"]["mean_auroc"]

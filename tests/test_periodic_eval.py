@@ -31,17 +31,16 @@ def test_periodic_zero_shot_is_logged_and_matches_the_export(synthderm_small, tm
 
     root, records = synthderm_small
     c = tiny_train_config(records, total_steps=4, checkpoint_every=4)
-    c.eval.every = 2
-    c.eval.csv = str(root / "zeroshot" / "test.csv")
-    c.eval.classnames = str(root / "zeroshot" / "classnames.json")
+    csv, classes = str(root / "zeroshot" / "test.csv"), str(root / "zeroshot" / "classnames.json")
+    c.evals = {"zs": dict(task="zero_shot", every=2, csv=csv, classes=classes)}
     result = train(c, tmp_path / "run")
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [l for l in lines if l["split"] == "eval"]
     assert [l["step"] for l in evals] == [2, 4]
     # The last periodic evaluation saw the final parameters: it equals an independent run on the export.
-    ref = zero_shot.run(make_jax.load(result["export"]), csv=c.eval.csv, classes=c.eval.classnames, progress=False)
-    assert evals[-1]["top1"] == ref["metrics"]["top1"]
-    assert 0.0 <= evals[0]["top1"] <= 1.0 and 0.0 <= evals[0]["auroc"] <= 1.0
+    ref = zero_shot.run(make_jax.load(result["export"]), csv=csv, classes=classes, progress=False)
+    assert evals[-1]["zs/top1"] == ref["metrics"]["top1"]
+    assert 0.0 <= evals[0]["zs/top1"] <= 1.0 and 0.0 <= evals[0]["zs/auroc"] <= 1.0
 
 
 def test_microbatched_training_matches_one_pass(synthderm_small, tmp_path):

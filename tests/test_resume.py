@@ -48,7 +48,7 @@ DRIVER = textwrap.dedent("""
     config = get_config()
     config.update_from_flattened_dict(json.loads(os.environ["OVERRIDES"]))
     del config.prepare["synthderm"]
-    config.eval.every = 0
+    config.evals = {}
     START = 0
     ckdir = os.path.join(sys.argv[1], "checkpoints")
     if os.path.isdir(ckdir):

@@ -9,7 +9,8 @@ Library use: every evaluator takes any object with `preprocess`, `encode_image` 
     result = run_task(make_jax.load("ckpt"), "zero_shot", csv="PAD/test.csv", classes="PAD")
 
 Modules: metrics (pure numpy), datasets (layout readers), images (parallel decoding), zero_shot, concepts,
-retrieval, infer, registry (task name → evaluator), presets (class lists, templates, concept resources), cli.
+retrieval, infer, registry (task name → evaluator and its headline), suite (the `evals` dict run by training and
+the CLI), presets (class lists, templates, concept resources), cli.
 """
 
 from make_jax.evaluate.common import EmbeddingModel

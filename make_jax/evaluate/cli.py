@@ -19,16 +19,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+<<<<<<< HEAD
 from make_jax.atomic_io import check_writable, write_text_atomic
 from make_jax.evaluate import registry
+=======
+from make_jax.evaluate import registry, suite
+>>>>>>> 4d54744 (One evaluation path: config.evals = {name: dict(task=, every=, **options)} run by make_jax.evaluate.suite in training (periodically and at the final step, WORKDIR/eval.json) and from python -m make_jax.evaluate; each task registers its headline next to its table; PeriodicZeroShot, run.final_evaluation and the CLI's own loop are gone)
 from make_jax.evaluate.common import to_jsonable
 from make_jax.evaluate.datasets import DatasetError
 
-__all__ = ["build_parser", "headline", "load_config", "load_encoder", "main", "write_json"]
-
-COMMON = ("workers", "progress", "strict")
+__all__ = ["build_parser", "load_config", "load_encoder", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +161,7 @@ def _plain(x):
     return x
 
 
+<<<<<<< HEAD
 def _entries(cfg: dict) -> list[dict]:
     evals = cfg.get("evals")
     if not evals:
@@ -192,6 +194,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(to_jsonable(obj), indent=1, allow_nan=False) + "\n")
 
 
+=======
+>>>>>>> 4d54744 (One evaluation path: config.evals = {name: dict(task=, every=, **options)} run by make_jax.evaluate.suite in training (periodically and at the final step, WORKDIR/eval.json) and from python -m make_jax.evaluate; each task registers its headline next to its table; PeriodicZeroShot, run.final_evaluation and the CLI's own loop are gone)
 def _task_options(task: registry.Task, args: argparse.Namespace) -> dict:
     names = {"csv", "image_root", "classes", "templates", "filename_column", "label_column", "save_predictions",
              "data_dir", "meta", "image_dir", "concept_list", "concept_terms", "concept_prompts", "id_column",
@@ -202,8 +206,6 @@ def _task_options(task: registry.Task, args: argparse.Namespace) -> dict:
     opts = {k: getattr(args, k) for k in names if k in task.options and getattr(args, k) not in (None, False)}
     if args.topk is not None and "topk" in task.options:
         opts["topk"] = max(args.topk) if task.name == "infer" else tuple(args.topk)
-    if "progress" in task.options:
-        opts["progress"] = not args.no_progress
     return opts
 
 
@@ -220,13 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config) if args.config else {}
         checkpoint = args.checkpoint or cfg.get("checkpoint") or None
         random_init = args.random_init or (None if checkpoint else cfg.get("random_init"))
-        if args.task:
+        if args.task:  # a one-entry set from the flags
             task = registry.get(args.task)
             opts = _task_options(task, args)
             missing = [o for o in task.required if o not in opts]
             if missing:
                 flags = ", ".join("--" + o.replace("_", "-") for o in missing)
                 raise ValueError(f"task {task.name} needs {flags}")
+            entries = [suite.EvalEntry(args.name or task.name, task.name, 0, opts)]
+        else:
+            entries = suite.parse_evals(cfg.get("evals"), where=f"config {args.config}: evals")
         encoder = load_encoder(checkpoint, random_init, seed=args.seed, dtype=args.dtype or cfg.get("dtype"),
                                batch_size=cfg.get("batch_size", args.batch_size),
                                text_batch_size=args.text_batch_size or cfg.get("text_batch_size"),
@@ -237,50 +242,29 @@ def main(argv: list[str] | None = None) -> int:
     model = {"checkpoint": (str(Path(checkpoint).absolute()) if Path(checkpoint).exists() else checkpoint)
              if checkpoint else None, "random_init": random_init,
              "dtype": args.dtype or cfg.get("dtype"), "batch_size": getattr(encoder, "batch_size", None)}
+    defaults = {"workers": args.workers, "progress": not args.no_progress, "strict": args.strict}
+    echo = (lambda text: print(text, flush=True)) if args.format == "table" or not args.task else None
+    results = suite.run_evals(encoder, entries, defaults=defaults, echo=echo)
 
     if args.task:
-        try:
-            result = registry.run_task(encoder, task.name, **opts)
-        except (DatasetError, FileNotFoundError, OSError, ValueError, TypeError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        result = results[0]
+        if "error" in result:
+            print(f"error: {result['error']}", file=sys.stderr)
             return 2
-        if args.name:
-            result["name"] = args.name
+        if not args.name:
+            result.pop("name")
         out = {**model, **result, "seconds": time.perf_counter() - t_start, "argv": list(sys.argv[1:] if argv is None
                                                                                           else argv)}
         if args.format == "json":
             print(json.dumps(to_jsonable(out), indent=1))
-        else:
-            print(task.table(result))
         if args.out:
-            write_json(args.out, out)
+            suite.write_json(args.out, out)
         return 0
 
-    results, failed = [], 0
-    for e in _entries(cfg):
-        name, tname = e.pop("name", None), e.pop("task")
-        try:
-            task = registry.get(tname)
-            for k in COMMON:
-                if k in task.options and k not in e:
-                    v = {"workers": args.workers, "progress": not args.no_progress, "strict": args.strict}[k]
-                    if v is not None:
-                        e[k] = v
-            res = registry.run_task(encoder, task.name, **e)
-            res["name"] = name or task.name
-            print(task.table(res), flush=True)
-        except (DatasetError, FileNotFoundError, OSError, ValueError, TypeError, KeyError) as err:
-            failed += 1
-            res = {"task": tname, "name": name, "error": str(err)}
-            print(f"error in {name or tname}: {err}", file=sys.stderr, flush=True)
-        results.append(res)
-    published = cfg.get("published") or {}
-    summary = []
-    for r in results:
-        s = {"name": r.get("name"), "task": r.get("task"), **({"error": r["error"]} if "error" in r else headline(r))}
-        if r.get("name") in published:
-            s["published"] = published[r.get("name")]
-        summary.append(s)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"error in {r['name']}: {r['error']}", file=sys.stderr, flush=True)
+    summary = suite.summarize(results, cfg.get("published"))
     print("\nsummary")
     for s in summary:
         vals = "  ".join(f"{k} {_fmt(v)}" for k, v in s.items() if k not in ("name", "task", "published"))
@@ -292,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "json":
         print(json.dumps(to_jsonable(out), indent=1))
     if args.out:
-        write_json(args.out, out)
+        suite.write_json(args.out, out)
     return 1 if failed else 0
 
 

@@ -165,8 +165,12 @@ def format_concepts(r: dict) -> str:
             + skipped_lines(r))
 
 
+def headline_concepts(r: dict) -> dict:
+    return {"mean_auroc": r["metrics"].get("mean_auroc"), "concepts": r["metrics"].get("num_concepts")}
+
+
 @register("concepts", summary="concept annotation AUROC on a SkinCon / Derm7pt-layout directory",
-          table=format_concepts)
+          table=format_concepts, headline=headline_concepts)
 def run(encoder: Any, *, data_dir: str, meta: str = "meta.csv", image_dir: str = "final_images",
         concept_list: Any = "concept_list.txt", concept_terms: str | None = None, concept_prompts: str | None = None,
         id_column: str = "ImageID", scale: float = DEFAULT_CONCEPT_SCALE, workers: int | None = None,

@@ -130,7 +130,7 @@ def _read_splits(csv, train_csv, val_csv, test_csv, classes, image_root, filenam
 
 
 @register("linear_probe", summary="linear probe / few-shot logistic regression on frozen image features",
-          table=lambda r: format_linear_probe(r))
+          table=lambda r: format_linear_probe(r), headline=lambda r: headline_linear_probe(r))
 def run(encoder: Any, *, csv: str | None = None, train_csv: str | None = None, val_csv: str | None = None,
         test_csv: str | None = None, classes: str | None = None, image_root: str | None = None,
         filename_column: str = "filename", label_column: str = "label", split_column: str = "split",
@@ -237,3 +237,11 @@ def format_linear_probe(r: dict) -> str:
         return (head + f" | {r['protocol']['percent_data']}% of train, seeds {r['protocol']['seeds']}\n  "
                 + "  ".join(f"{k} {r['mean'][k]:.4f}±{r['std'][k]:.4f}" for k in METRICS))
     return head + f" | C {r['C']:.3g}\n  " + "  ".join(f"{k} {r['metrics'][k]:.4f}" for k in METRICS)
+
+
+def headline_linear_probe(r: dict) -> dict:
+    """Full / percent runs: the classification metrics (means over seeds); few-shot: the first metric per K."""
+    if "few_shot" in r:
+        return {f"{s}-shot_{METRICS[0]}": v["mean"][METRICS[0]] for s, v in r["few_shot"].items()}
+    src = r["mean"] if "mean" in r else r["metrics"]
+    return {k: src[k] for k in METRICS}

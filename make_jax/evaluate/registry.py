@@ -1,10 +1,14 @@
 """Task name → evaluator (big_vision style): each task module registers a function
 
-    @register("zero_shot", summary=..., table=format_fn)
+    @register("zero_shot", summary=..., table=format_fn, headline=headline_fn)
     def run(encoder, *, csv, classes, ..., progress=True) -> dict
 
 taking an `EmbeddingModel` and keyword options (the same keys as a config entry or the CLI flags) and returning
-the JSON-ready result. `get(name)` imports the built-in task modules on first use.
+the JSON-ready result. `table(result)` is the text the CLI prints; `headline(result)` the few numbers a summary
+table, the training log and the sweep table show. `get(name)` imports the built-in task modules on first use.
+
+Adding a task is a one-file change: a module with a registered `run`, listed in `_BUILTIN` below (or imported
+by the caller before use). docs/architecture.md, "Add an evaluation task".
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Task:
     fn: Callable[..., dict]
     summary: str
     table: Callable[[dict], str]
+    headline: Callable[[dict], dict]
 
     @property
     def options(self) -> list[str]:
@@ -42,12 +47,13 @@ class Task:
         return [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and v.default is inspect.Parameter.empty]
 
 
-def register(name: str, summary: str = "", table: Callable[[dict], str] | None = None):
+def register(name: str, summary: str = "", table: Callable[[dict], str] | None = None,
+             headline: Callable[[dict], dict] | None = None):
     def deco(fn):
         if name in _TASKS and _TASKS[name].fn is not fn:
             raise ValueError(f"task {name!r} is already registered")
         _TASKS[name] = Task(name, fn, summary or (fn.__doc__ or "").strip().split("\n")[0],
-                            table or (lambda r: ""))
+                            table or (lambda r: ""), headline or (lambda r: {}))
         return fn
 
     return deco

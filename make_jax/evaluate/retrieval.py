@@ -63,8 +63,13 @@ def format_retrieval(r: dict) -> str:
             + skipped_lines(r))
 
 
+def headline_retrieval(r: dict) -> dict:
+    m = r["metrics"]
+    return {"i2t_R@10": m["image_to_text"].get("R@10"), "t2i_R@10": m["text_to_image"].get("R@10")}
+
+
 @register("retrieval", summary="image↔text retrieval: CSV filename,caption (several captions per image allowed)",
-          table=format_retrieval)
+          table=format_retrieval, headline=headline_retrieval)
 def run(encoder: Any, *, csv: str, image_root: str | None = None, caption_column: str | None = None,
         filename_column: str = "filename", ks: Sequence[int] = DEFAULT_KS, workers: int | None = None,
         progress: bool = True, strict: bool = False) -> dict:

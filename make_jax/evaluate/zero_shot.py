@@ -111,8 +111,14 @@ def format_zero_shot(r: dict) -> str:
             + skipped_lines(r))
 
 
+def headline_zero_shot(r: dict) -> dict:
+    m = r["metrics"]
+    return {"top1": m.get("top1"), "top5": m.get("top5"), "balanced_acc": m.get("balanced_accuracy"),
+            "auroc": m.get("macro_auroc_ovr")}
+
+
 @register("zero_shot", summary="zero-shot classification: CSV filename,label + class list + templates",
-          table=format_zero_shot)
+          table=format_zero_shot, headline=headline_zero_shot)
 def run(encoder: Any, *, csv: str, classes: str, image_root: str | None = None, templates: Any = None,
         topk: Sequence[int] = (1, 5), filename_column: str = "filename", label_column: str = "label",
         workers: int | None = None, progress: bool = True, strict: bool = False,

@@ -39,6 +39,7 @@ class RunOptions:
     microbatches: > 1 runs the two-pass embedding-cache step (GradCache) over this many micro-batches — the
     same loss and gradients as one pass with the memory of one micro-batch's activations.
     checkpoint_every: steps between checkpoints (the last step is always saved).
+    eval_batch_size: images per encoder call of the evaluations in `config.evals`.
     """
 
     seed: int = 0
@@ -52,9 +53,11 @@ class RunOptions:
     keep_checkpoints: int = 3
     tensorboard: bool = True
     progress: bool = True
+    eval_batch_size: int = 64
 
     def __post_init__(self):
-        _positive(self, "batch_size", "microbatches", "log_every", "checkpoint_every", "keep_checkpoints")
+        _positive(self, "batch_size", "microbatches", "log_every", "checkpoint_every", "keep_checkpoints",
+                  "eval_batch_size")
         if self.total_steps < 0 or self.epochs < 0:
             raise ConfigError(f"config.total_steps and config.epochs must be >= 0, got {self.total_steps} and "
                               f"{self.epochs}")
@@ -141,21 +144,6 @@ class PackingOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalOptions:
-    """Periodic zero-shot evaluation on one set every `every` steps (0: off)."""
-
-    every: int = 0
-    csv: str = ""
-    images: str = ""
-    classnames: str = ""
-    batch_size: int = 64
-
-    def __post_init__(self):
-        _non_negative(self, "every", section="eval")
-        _positive(self, "batch_size", section="eval")
-
-
-@dataclasses.dataclass(frozen=True)
 class PrepareSteps:
     """`config.prepare`: data preparation steps run before training (make_jax.train.prepare.STEPS), each an
     optional sub-section below."""
@@ -179,15 +167,6 @@ class SynthDermOptions:
         _non_negative(self, "num_val", section="prepare.synthderm")
 
 
-@dataclasses.dataclass(frozen=True)
-class FinalEvalOptions:
-    """Evaluation of the export on SynthDerm's held-out sets at the end of a demo run."""
-
-    zero_shot: bool = True
-    concepts: bool = True
-    retrieval: bool = True
-
-
 # Section path → (dataclass, fields of it that are not config fields). "" is the top level.
 SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "": (RunOptions, ()),
@@ -197,16 +176,16 @@ SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "data.augment": (TrainTransformConfig, ("size",)),  # size is data.image_size
     "optim": (OptimOptions, ()),
     "packing": (PackingOptions, ()),
-    "eval": (EvalOptions, ()),
     "prepare": (PrepareSteps, ()),
 }
 # Sections a config may add (demo, ablation); absent means "not used".
 OPTIONAL_SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "prepare.synthderm": (SynthDermOptions, ()),
-    "final_eval": (FinalEvalOptions, ()),
 }
 # Top-level scalars a config may add: the ablation row (a label) and the rows of a sweep.
 OPTIONAL_FIELDS: dict[str, type] = {"row": str, "sweep_rows": str}
+# Top-level sections whose entries are checked elsewhere: `evals` (make_jax.evaluate.suite.parse_evals).
+FREE_SECTIONS = ("evals",)
 
 
 def section(cls: type, exclude: tuple[str, ...] = (), **overrides):
@@ -232,9 +211,8 @@ class TrainOptions:
     augment: TrainTransformConfig
     optim: OptimOptions
     packing: PackingOptions
-    eval: EvalOptions
+    evals: tuple  # of make_jax.evaluate.suite.EvalEntry
     synthderm: SynthDermOptions | None
-    final_eval: FinalEvalOptions | None
 
 
 def check_config(config) -> TrainOptions:
@@ -255,13 +233,27 @@ def check_config(config) -> TrainOptions:
         children = {p for p in every if p and "." not in p} if not path else \
             {p[len(path) + 1:] for p in every if p.startswith(path + ".") and "." not in p[len(path) + 1:]}
         extra = OPTIONAL_FIELDS if not path else {}
-        typed[path] = _build(cls, exclude, node, path, skip=children | set(extra))
+        free = set(FREE_SECTIONS) if not path else set()
+        typed[path] = _build(cls, exclude, node, path, skip=children | set(extra) | free)
         for name, kind in extra.items():
             if name in node and not isinstance(node[name], kind):
                 raise ConfigError(f"config.{name} must be a {kind.__name__}, got {node[name]!r}")
     return TrainOptions(run=typed[""], model=typed["model"], loss=typed["loss"], data=typed["data"],
                         augment=typed["data.augment"], optim=typed["optim"], packing=typed["packing"],
-                        eval=typed["eval"], synthderm=typed["prepare.synthderm"], final_eval=typed["final_eval"])
+                        evals=_evals(tree), synthderm=typed["prepare.synthderm"])
+
+
+def _evals(tree: dict) -> tuple:
+    """`config.evals` ({name: dict(task=..., every=..., **options)}) as checked EvalEntry's; {} or absent: none."""
+    from make_jax.evaluate.suite import parse_evals
+
+    evals = tree.get("evals")
+    if not evals:
+        return ()
+    try:
+        return tuple(parse_evals(evals, where="config.evals"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_paths(options: TrainOptions) -> None:
@@ -275,14 +267,18 @@ def check_paths(options: TrainOptions) -> None:
         resolve_dataset_dir(options.data.records)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"config.data.records: {e}") from None
-    if options.eval.every:
-        if not options.eval.csv or not options.eval.classnames:
-            raise ConfigError("config.eval.every > 0 needs config.eval.csv and config.eval.classnames")
-        for name in ("csv", "classnames"):
-            if not Path(getattr(options.eval, name)).is_file():
-                raise ConfigError(f"config.eval.{name}: no file {getattr(options.eval, name)}")
-        if options.eval.images and not Path(options.eval.images).is_dir():
-            raise ConfigError(f"config.eval.images: no directory {options.eval.images}")
+    for e in options.evals:  # the files and folders an evaluation reads (other options are checked by the task)
+        for key, value in e.options.items():
+            if key in _EVAL_FILES and isinstance(value, str) and not Path(value).is_file():
+                raise ConfigError(f"config.evals.{e.name}.{key}: no file {value}")
+            if key in _EVAL_DIRS and isinstance(value, str) and not Path(value).is_dir():
+                raise ConfigError(f"config.evals.{e.name}.{key}: no directory {value}")
+
+
+# Evaluation options that name an input file or folder (checked before training; a preset class list such as
+# "PAD" is not a path, so `classes` is checked only when it looks like one).
+_EVAL_FILES = ("csv", "train_csv", "val_csv", "test_csv")
+_EVAL_DIRS = ("data_dir", "image_root")
 
 
 def check_steps(options: TrainOptions, num_examples: int | None, device_count: int) -> int:

@@ -169,6 +169,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     maybe_initialize_distributed()
     check_init_from(config)  # before any work
     workdir = check_writable(workdir, "workdir")
+    eval_entries = list(options.evals)
     is_main = jax.process_index() == 0
     config_dict = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
     model_cfg = model_config_from(config)
@@ -216,7 +217,8 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     texts_per_image = loss_cfg.slots_used(config.data.num_slots)
     flops_per_image = train_flops_per_image(model_cfg, texts_per_image, config.data.context_length)
 
-    evaluator = PeriodicZeroShot(config, fns) if is_main and config.eval.every and config.eval.csv else None
+    evaluator = TrainingEvals(eval_entries, fns, options.run.eval_batch_size) if is_main and eval_entries else None
+    final_eval = None
     last = {}
     dropped_texts = 0
     finite = jnp.asarray(True)
@@ -264,8 +266,12 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
             if save_now:
                 ckpts.save(step, state, data_iter.get_state(), config_dict)
                 saved = step
-            if evaluator is not None and (step % config.eval.every == 0 or step == end):
-                writer.write(step, evaluator(state.params), prefix="eval")
+            due = evaluator.due(step, end, total_steps) if evaluator is not None else []
+            if due:
+                results = evaluator(state.params, due)
+                writer.write(step, evaluator.log_row(results), prefix="eval")
+                if step == total_steps:
+                    final_eval = results
         if stop.requested:  # Ctrl-C: the step in flight finished; keep it
             if saved != step:
                 ckpts.save(step, state, data_iter.get_state(), config_dict)
@@ -280,6 +286,12 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     if step == total_steps:
         export_dir = export(state.params, model_cfg, workdir / "export") if is_main else None
         result["export"] = str(export_dir) if export_dir else None
+        if final_eval is not None:
+            from make_jax.evaluate.suite import summarize, write_json
+
+            result["eval"] = summarize(final_eval)
+            write_json(workdir / "eval.json", {"checkpoint": result["export"], "step": step, "results": final_eval,
+                                               "summary": result["eval"]})
     ckpts.close()
     return result
 
@@ -312,32 +324,42 @@ class _InterruptFlag:
             self._previous = None
 
 
-class PeriodicZeroShot:
-    """Zero-shot accuracy of the current parameters on `config.eval` (csv, classnames, images), during training.
-
-    One `Encoder` is built at the first call and re-pointed at new parameters afterwards, so evaluation compiles
-    once.
+class TrainingEvals:
+    """`config.evals` on the current parameters (make_jax.evaluate.suite): entries with `every > 0` every that
+    many steps and at the last step of this run, every entry at the final step (whose results also go to
+    WORKDIR/eval.json). `train` checks the entries before any work. One `Encoder` is built at the first call
+    and re-pointed at new parameters afterwards, so evaluation compiles once.
     """
 
-    def __init__(self, config, fns: ModelFunctions):
-        self.config = config
+    def __init__(self, entries: list, fns: ModelFunctions, batch_size: int):
+        self.entries = entries
+        self.batch_size = batch_size
         self.fns = fns
         self.encoder = None
 
-    def __call__(self, params) -> dict:
-        from make_jax.evaluate import zero_shot
-        from make_jax.evaluate.cli import headline
+    def due(self, step: int, end: int, total_steps: int) -> list:
+        if step == total_steps:
+            return self.entries
+        return [e for e in self.entries if e.every and (step % e.every == 0 or step == end)]
+
+    def __call__(self, params, entries: list) -> list[dict]:
+        from make_jax.evaluate.suite import run_evals
         from make_jax.inference import Encoder
 
         host = jax.device_get(params)
         if self.encoder is None:
-            self.encoder = Encoder(self.fns.merge(host), batch_size=self.config.eval.batch_size)
+            self.encoder = Encoder(self.fns.merge(host), batch_size=self.batch_size)
         else:
             self.encoder.set_params(host)
-        e = self.config.eval
-        result = zero_shot.run(self.encoder, csv=e.csv, classes=e.classnames, image_root=e.images or None,
-                               progress=False)
-        return {k: v for k, v in headline(result).items() if isinstance(v, (int, float))}
+        return run_evals(self.encoder, entries, defaults={"progress": False}, raise_errors=True)
+
+    @staticmethod
+    def log_row(results: list[dict]) -> dict:
+        """{'<name>/<metric>': value} of the numeric headline metrics (metrics.jsonl, TensorBoard)."""
+        from make_jax.evaluate.suite import headline
+
+        return {f"{r['name']}/{k}": v for r in results for k, v in headline(r).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def export(params, model_cfg: ModelConfig, out: Path) -> Path:

@@ -56,7 +56,9 @@ def run_sweep(config, workdir: str | Path, run) -> list[dict]:
         cfg = apply_row(copy.deepcopy(config), row)
         logger.info("sweep row %s", row)
         result = run(cfg, workdir / row)
-        ev = result.get("eval", {})
+        ev = {}
+        for summary in result.get("eval", []):  # the first evaluation of each task (config.evals order)
+            ev.setdefault(summary["task"], summary)
         m = result.get("metrics", {})
         table.append({
             "row": row, "loss": m.get("loss"), "mkcl": m.get("mkcl"), "slra": m.get("slra"),
