@@ -20,12 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-<<<<<<< HEAD
-from make_jax.atomic_io import check_writable, write_text_atomic
-from make_jax.evaluate import registry
-=======
+from make_jax.atomic_io import check_writable
 from make_jax.evaluate import registry, suite
->>>>>>> 4d54744 (One evaluation path: config.evals = {name: dict(task=, every=, **options)} run by make_jax.evaluate.suite in training (periodically and at the final step, WORKDIR/eval.json) and from python -m make_jax.evaluate; each task registers its headline next to its table; PeriodicZeroShot, run.final_evaluation and the CLI's own loop are gone)
 from make_jax.evaluate.common import to_jsonable
 from make_jax.evaluate.datasets import DatasetError
 
@@ -161,41 +157,6 @@ def _plain(x):
     return x
 
 
-<<<<<<< HEAD
-def _entries(cfg: dict) -> list[dict]:
-    evals = cfg.get("evals")
-    if not evals:
-        raise ValueError("config: needs 'evals', a list of {task, name, options...} or a dict name → {task, ...}")
-    if isinstance(evals, dict):
-        evals = [{"name": k, **v} for k, v in evals.items()]
-    out = []
-    for i, e in enumerate(evals):
-        if "task" not in e:
-            raise ValueError(f"config: evals[{i}] ({e.get('name', '?')}) has no 'task'")
-        out.append(dict(e))
-    return out
-
-
-def headline(result: dict) -> dict:
-    """The few numbers a summary table shows."""
-    t, m = result.get("task"), result.get("metrics", {})
-    if t == "zero_shot":
-        return {"top1": m.get("top1"), "top5": m.get("top5"), "balanced_acc": m.get("balanced_accuracy"),
-                "auroc": m.get("macro_auroc_ovr")}
-    if t == "concepts":
-        return {"mean_auroc": m.get("mean_auroc"), "concepts": m.get("num_concepts")}
-    if t == "retrieval":
-        return {"i2t_R@10": m["image_to_text"].get("R@10"), "t2i_R@10": m["text_to_image"].get("R@10")}
-    return {}
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Strict JSON (NaN → null), written atomically."""
-    return write_text_atomic(path, json.dumps(to_jsonable(obj), indent=1, allow_nan=False) + "\n")
-
-
-=======
->>>>>>> 4d54744 (One evaluation path: config.evals = {name: dict(task=, every=, **options)} run by make_jax.evaluate.suite in training (periodically and at the final step, WORKDIR/eval.json) and from python -m make_jax.evaluate; each task registers its headline next to its table; PeriodicZeroShot, run.final_evaluation and the CLI's own loop are gone)
 def _task_options(task: registry.Task, args: argparse.Namespace) -> dict:
     names = {"csv", "image_root", "classes", "templates", "filename_column", "label_column", "save_predictions",
              "data_dir", "meta", "image_dir", "concept_list", "concept_terms", "concept_prompts", "id_column",

@@ -12,13 +12,12 @@ Keep the entries' order with ``ml_collections.ConfigDict({...}, sort_keys=False)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from make_jax.atomic_io import write_text_atomic
 from make_jax.evaluate import registry
 from make_jax.evaluate.common import to_jsonable
 from make_jax.evaluate.datasets import DatasetError
@@ -108,11 +107,4 @@ def summarize(results: list[dict], published: Mapping[str, Mapping] | None = Non
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Strict JSON (NaN → null), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(to_jsonable(obj), f, indent=1, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(to_jsonable(obj), indent=1, allow_nan=False) + "\n")
