@@ -1,5 +1,5 @@
 """Throughput of the Grain input pipeline (make_jax.data.pipeline): decode + train augment + batch, at 224 px from
-records stored at a given shorter side (default: the converter's, 355) — the spec §6 train transform, images/s
+records stored at a given shorter side (default: the converter's, 355) — the train transform of docs/data.md, images/s
 per CPU core — and the records' size on disk.
 
 Usage:

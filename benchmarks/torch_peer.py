@@ -1,6 +1,6 @@
 """The PyTorch peer of the GPU suite: the public MAKE code's training step as it runs, rebuilt for timing.
 
-What the public code (github.com/SiyuanYan1/MAKE, an open_clip fork; MAKE_SPEC §3) does per step, and what is
+What the public code (github.com/SiyuanYan1/MAKE, an open_clip fork; docs/objectives.md §5) does per step, and what is
 rebuilt here, written from the spec and from reading that code (not copied):
 
 - model: open_clip ``ViT-B-16`` (on the GPU machine, from the open_clip_torch wheel) — or, where open_clip is
@@ -69,7 +69,7 @@ def _labels(mask_1d: torch.Tensor, num_slots: int, host_loops: bool) -> tuple[to
 
 def dkw_weights(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The public ``subcaption_similarity_1d`` (B·N,), detached: texts read as if caption-major, so image i's
-    subtext weights compare rows B+i and (3+k)·B+i (MAKE_SPEC §3); softmax then divided by its max; 1 where
+    subtext weights compare rows B+i and (3+k)·B+i (docs/objectives.md §5); softmax then divided by its max; 1 where
     the disease slot is invalid; 1 for slots 0-2."""
     b, n = mask.shape
     chunks = torch.chunk(text, n, dim=0)

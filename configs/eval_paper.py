@@ -1,4 +1,4 @@
-"""The paper's evaluation tables (spec §8) in one call:
+"""The paper's evaluation tables (docs/evaluation.md) in one call:
 
     python -m make_jax.evaluate --checkpoint ckpt/make_vitb16 --config configs/eval_paper.py:/data/eval \
         --out results/paper.json

@@ -1,4 +1,4 @@
-"""The paper's recipe (spec §7): ViT-B/16 + 12×512 text tower, MAKE loss, AdamW 1e-4, batch 2048, 15 epochs,
+"""The paper's recipe (docs/training.md): ViT-B/16 + 12×512 text tower, MAKE loss, AdamW 1e-4, batch 2048, 15 epochs,
 starting from OpenAI CLIP ViT-B/16 (`init_from` is required: a converted checkpoint, or `scratch` on purpose).
 
     python launch.py --config configs/make_vit_b16.py --workdir runs/make \

@@ -100,7 +100,7 @@ def test_param_tree_shapes_match_the_model(name):
 def test_vit_b16_open_clip_shapes_and_inference():
     cfg = get_model_config("ViT-B-16")
     shapes = expected_shapes(cfg)
-    # spec §4 names and shapes
+    # README.md, The model names and shapes
     assert shapes["visual.conv1.weight"] == (768, 3, 16, 16)
     assert shapes["visual.positional_embedding"] == (197, 768)
     assert shapes["visual.proj"] == (768, 512) and shapes["text_projection"] == (512, 512)

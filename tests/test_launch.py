@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 
 
 def test_flops_match_the_spec():
-    # Spec §7: ViT-B/16 image tower 35.13 GFLOP, text tower 5.96 GFLOP per 77-token text, 302 GFLOP per
+    # docs/training.md: ViT-B/16 image tower 35.13 GFLOP, text tower 5.96 GFLOP per 77-token text, 302 GFLOP per
     # training image with 11 texts.
     cfg = get_model_config("ViT-B-16")
     assert round(image_forward_flops(cfg) / 1e9, 2) == 35.13
@@ -25,7 +25,7 @@ def test_flops_match_the_spec():
     assert round(train_flops_per_image(cfg, 11) / 1e9) == 302
 
 
-# The paper's Table 3 (MAKE_SPEC §2 "Ablation switches"), written out here rather than read from the code:
+# The paper's Table 3 (docs/objectives.md §3), written out here rather than read from the code:
 # row -> (what slot 0 holds, the slots whose texts are trained on, SLRA on, DKW on).
 ALL_SLOTS = frozenset(range(11))  # raw, disease, concept, 8 subtexts
 PAPER_TABLE3 = {

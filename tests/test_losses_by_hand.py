@@ -1,4 +1,4 @@
-"""Paper-mode loss (MAKE_SPEC §2) on batches small enough to work out by hand: 2 images, 4 texts, D = 2.
+"""Paper-mode loss (docs/objectives.md §2) on batches small enough to work out by hand: 2 images, 4 texts, D = 2.
 
 Each case pins one choice of the paper-mode rules with a value derived in the comments, not by a reference
 implementation that could change together with the code. logit_scale = 0 (s = 1) keeps the logits equal to

@@ -1,4 +1,4 @@
-"""Official mode (MAKE_SPEC §3) against the public PyTorch code's outputs (golden file) and an
+"""Official mode (docs/objectives.md §5) against the public PyTorch code's outputs (golden file) and an
 independent loop-based numpy transcription of what that code computes."""
 
 import math
@@ -55,7 +55,7 @@ def test_official_knowledge_embedding_reproduces_public_code(golden):
 
 
 def test_golden_weights_differ_from_paper_pairing(golden):
-    """The public weights pair rows B+i with (3+k)B+i (MAKE_SPEC §3), not image i's own texts."""
+    """The public weights pair rows B+i with (3+k)B+i (docs/objectives.md §5), not image i's own texts."""
     txt, mask = golden["loss_txt_sample_major"], golden["loss_mask"]
     b, n = mask.shape
     w = np.asarray(official_dkw_weights(txt, mask))

@@ -1,4 +1,4 @@
-"""Paper-mode MAKE loss (MAKE_SPEC §2) against an independent float64 numpy reference.
+"""Paper-mode MAKE loss (docs/objectives.md §2) against an independent float64 numpy reference.
 
 The reference below is written straight from the equations with explicit Python loops over images
 and text rows (no masks, no gathers, no segment ops): a row set V, per-image lists, and plain sums.

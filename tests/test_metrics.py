@@ -70,8 +70,8 @@ def test_tensorboard_off_writes_only_jsonl_and_disabled_writes_nothing(tmp_path)
 
 
 @pytest.mark.parametrize("kind, peak", [
-    ("NVIDIA H100 80GB HBM3", 989e12),  # H100 SXM dense bf16 (spec §7)
-    ("NVIDIA H200", 989e12),  # same tensor cores as H100 SXM (spec §7)
+    ("NVIDIA H100 80GB HBM3", 989e12),  # H100 SXM dense bf16 (docs/training.md)
+    ("NVIDIA H200", 989e12),  # same tensor cores as H100 SXM (docs/training.md)
     ("NVIDIA A100-SXM4-80GB", 312e12),  # A100 dense bf16 datasheet
     ("cpu", None),  # no MFU on CPUs
     ("NVIDIA GeForce RTX 4090", None),  # unknown GPUs: no guess

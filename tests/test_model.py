@@ -34,7 +34,7 @@ def _inputs(cfg, b=3, m=4, seed=0):
 
 
 def test_vit_b16_parameter_count_matches_spec():
-    # Spec §4: 149.6 M parameters in all, 86.2 M in the image tower.
+    # README.md, The model: 149.6 M parameters in all, 86.2 M in the image tower.
     model = abstract_model(get_model_config("ViT-B-16"))
     total = count_params(model)
     image = sum(x.size for x in jax.tree.leaves(nnx.state(model.visual, nnx.Param)))
@@ -57,7 +57,7 @@ def test_output_norms_and_patch_count():
 
 
 def test_text_embedding_independent_of_trailing_padding():
-    # Spec §7: causal attention + EOT pooling make a text's embedding independent of padding after it, so
+    # docs/training.md: causal attention + EOT pooling make a text's embedding independent of padding after it, so
     # texts can run at the shortest context that holds them.
     cfg = get_model_config("tiny")
     model = create_model(cfg)

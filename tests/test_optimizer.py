@@ -128,7 +128,7 @@ def test_epochs_become_whole_steps_and_total_steps_wins():
     assert steps(c, 100) == 31  # 2.5 epochs x 100 examples = 250 examples = 31 full batches of 8
     c.epochs = 15.0
     c.batch_size = 2048
-    assert steps(c, 403_563) == 2955  # spec §7: 15 epochs of 403,563 pairs at 2048 ≈ 2,955 steps
+    assert steps(c, 403_563) == 2955  # docs/training.md: 15 epochs of 403,563 pairs at 2048 ≈ 2,955 steps
     c.total_steps = 7
     assert steps(c, 100) == 7
     c.total_steps = 0

@@ -1,4 +1,4 @@
-"""Tests for make_jax.tokenizer (spec §5: open_clip's SimpleTokenizer, clean='lower').
+"""Tests for make_jax.tokenizer (README.md, Tokenizer: open_clip's SimpleTokenizer, clean='lower').
 
 The package tokenizer is compared with an independent, deliberately plain reimplementation written
 below (its own byte alphabet, vocabulary, string-keyed merge ranks, merge loop, cleaning and padding;

@@ -22,7 +22,7 @@ from make_jax.train.step import (ModelFunctions, forward_loss, init_train_state,
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"xla_backend_optimization_level": 0}
-# CLIP's normalisation (spec §6) on the 0-255 scale.
+# CLIP's normalisation (docs/data.md) on the 0-255 scale.
 CLIP_MEAN_255 = [0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255]
 CLIP_STD_255 = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]
 
@@ -33,7 +33,7 @@ def _params(size="tiny"):
 
 
 def test_decay_mask_is_the_spec_rank_rule():
-    # Spec §7: decay every tensor with >= 2 dims *per layer* (blocks are stacked on a leading layer axis here),
+    # docs/training.md: decay every tensor with >= 2 dims *per layer* (blocks are stacked on a leading layer axis here),
     # none on LayerNorm, biases, class embedding, logit_scale.
     _, params = _params()
     mask = decay_mask(params)

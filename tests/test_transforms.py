@@ -1,4 +1,4 @@
-"""Train/eval image transforms (make_jax.data.transforms) checked against their definitions (spec §6, torchvision).
+"""Train/eval image transforms (make_jax.data.transforms) checked against their definitions (docs/data.md, torchvision).
 
 Expected values are derived in the tests from the definitions (the ±0.5 px rounding of the crop size, binomial
 bounds on the coin flips, colour ops written out with NumPy/colorsys, the eval geometry written out by hand), not

@@ -1,6 +1,6 @@
 """open_clip's state-dict layout ⇄ the NNX parameter tree of `make_jax.models.CLIP` (pure name/shape mapping).
 
-open_clip (and OpenAI's original CLIP) name the tensors of the ViT + text-transformer CLIP as in spec §4:
+open_clip (and OpenAI's original CLIP) name the tensors of the ViT + text-transformer CLIP as in README.md, The model:
 `visual.conv1.weight` (W,3,p,p), `visual.transformer.resblocks.{i}.attn.in_proj_weight` (3W,W), ...,
 `token_embedding.weight`, `transformer.resblocks.{i}.*`, `ln_final.*`, `text_projection` (W,E), `logit_scale`.
 

@@ -13,7 +13,7 @@ A converted dataset is a TFDS dataset in ArrayRecord format, written and read wi
 data_dir=OUT)`` read it (NumPy, no TensorFlow); the Grain pipeline (``make_jax.data.pipeline``) reads the shards
 with ``grain.sources.ArrayRecordDataSource`` and ``decode_record`` below, which parses only the fields it needs.
 
-Fields of one record (``N = 11`` text slots in the order of spec §1, ``L = 77``):
+Fields of one record (``N = 11`` text slots in the order of docs/data.md, ``L = 77``):
 
 =====================  ==============  ==========================================================================
 name                   type            meaning

@@ -1,4 +1,4 @@
-"""Train and eval image transforms of spec §6, in NumPy/PIL, with torchvision's semantics.
+"""Train and eval image transforms of docs/data.md, in NumPy/PIL, with torchvision's semantics.
 
 Train (one image, one ``numpy.random.Generator``)::
 
@@ -38,7 +38,7 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 @dataclass(frozen=True)
 class TrainTransformConfig:
-    """Parameters of the train transform (defaults: spec §6)."""
+    """Parameters of the train transform (defaults: docs/data.md)."""
 
     size: int = 224
     scale: tuple[float, float] = (0.4, 1.0)

@@ -1,4 +1,4 @@
-"""Concept annotation (SkinCon / Derm7pt; spec §8), MONET's reference-prompt scoring as the MAKE code runs it.
+"""Concept annotation (SkinCon / Derm7pt; docs/evaluation.md), MONET's reference-prompt scoring as the MAKE code runs it.
 
 For concept c with synonyms s_1..s_S and prompt pair k (template_k, reference_k), k = 1..K (six pairs):
 

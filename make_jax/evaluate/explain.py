@@ -4,7 +4,7 @@ For an image with L2-normalised patch embeddings v_n (P = g × g patches, 14 × 
 text embedding t:
 
 - similarity map: z_n = v_n · t, the cosine of every patch with the text;
-- SLRA knowledge weighting (spec §2, Eq. 5): z_n is kept where z_n ≥ σ (else 0) and normalised to
+- SLRA knowledge weighting (docs/objectives.md §2, Eq. 5): z_n is kept where z_n ≥ σ (else 0) and normalised to
   w_n = z_n / Σ z — each patch's share of the knowledge-enhanced embedding e^k = Σ w_n v_n (L2-normalised); its
   cosine with the text, e^k · t, is reported next to the global image–text cosine.
 

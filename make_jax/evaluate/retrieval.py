@@ -1,4 +1,4 @@
-"""Cross-modal retrieval (SkinCAP; spec §8): Recall@K both ways, mean and median rank, over the whole set.
+"""Cross-modal retrieval (SkinCAP; docs/evaluation.md): Recall@K both ways, mean and median rank, over the whole set.
 
 Image→text: an image's query is a hit at K if ANY of its captions is among the K most similar captions.
 Text→image: a caption's only positive is its own image. Captions of images that could not be read are dropped

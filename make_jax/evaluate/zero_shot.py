@@ -1,4 +1,4 @@
-"""Zero-shot classification (spec §8): class embeddings from prompt templates, logits 100·image·classes.
+"""Zero-shot classification (docs/evaluation.md): class embeddings from prompt templates, logits 100·image·classes.
 
 Per class: encode every template filled with the class name, L2-normalise each, average, re-normalise. Every
 metric is computed over the WHOLE test set after all batches are encoded (one version of the public MAKE code

@@ -3,7 +3,7 @@
 Input: a CSV/TSV with a caption column, and optionally a disease hierarchy path column (Derm1M
 ``ontology_final``: "inflammatory, non-infectious, atopic dermatitis"), a concept list column (Derm1M
 ``skin_concept_standarized``: "erythema, scale" or "No visual concepts") and a filename column. Output: the same
-table (all input columns kept, in order) with the MAKE columns (spec §1, §6) written or overwritten:
+table (all input columns kept, in order) with the MAKE columns (docs/data.md) written or overwritten:
 
     truncated_caption, ontology_caption, visual_concept_caption, augmented_caption, sub_captions,
     subcaption_1..8, sub_caption_mask ("[1, 1, 0, 0, 0, 0, 0, 0]"), knowledge_masks ("[raw, disease, concept]")

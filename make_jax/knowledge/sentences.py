@@ -1,4 +1,4 @@
-"""Sentence splitting, the subtext rule and caption truncation for the knowledge set (spec §1).
+"""Sentence splitting, the subtext rule and caption truncation for the knowledge set (docs/data.md).
 
 Subtexts are the caption's sentences without their final full stop, at most 8 (``NUM_SUBTEXTS``). The MAKE
 training CSV shows the convention: "Irritant diaper dermatitis. Erythematous patches sparing the skin folds."

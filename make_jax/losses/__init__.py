@@ -1,4 +1,4 @@
-"""MAKE objectives: MKCL + SLRA + DKW, in paper mode (MAKE_SPEC §2) and official mode (§3).
+"""MAKE objectives: MKCL + SLRA + DKW, in paper mode (docs/objectives.md §2) and official mode (§5).
 
 See docs/objectives.md for the equations, the decisions the paper leaves open and the list of
 differences from the public PyTorch code.

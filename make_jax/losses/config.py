@@ -1,4 +1,4 @@
-"""LossConfig: the switches of the MAKE objectives (MAKE_SPEC §2, Table 3 of the paper)."""
+"""LossConfig: the switches of the MAKE objectives (docs/objectives.md §2, Table 3 of the paper)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ class LossConfig:
 
     Defaults are the paper's MAKE row (mkcl + slra + dkw, lambda = 0.7, sigma = 0).
 
-    mode:       'paper' (MAKE_SPEC §2, the project default) or 'official' (what the public PyTorch
-                code computes, MAKE_SPEC §3; needs the dense sample-major layout).
+    mode:       'paper' (docs/objectives.md §2, the project default) or 'official' (what the public PyTorch
+                code computes, docs/objectives.md §5; needs the dense sample-major layout).
     positives:  which valid text rows are texts at all. 'clip_raw' / 'clip_dagger': slot 0 only
                 (for clip_dagger the caller puts the Derm1M-dagger text, raw + disease + concept
                 concatenated, at slot 0 — the maths is that of clip_raw); 'knowledge': slots 0-2

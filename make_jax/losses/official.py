@@ -1,4 +1,4 @@
-"""Official mode: what the public MAKE PyTorch code computes (MAKE_SPEC §3), quirks included.
+"""Official mode: what the public MAKE PyTorch code computes (docs/objectives.md §5), quirks included.
 
 Transcribed from github.com/SiyuanYan1/MAKE (commit a7af1dbc): ``CLIP.forward`` in
 src/open_clip/model.py (the patch weighting that builds ``weighted_patch_embeddings_sum``) and

@@ -1,6 +1,6 @@
-"""Paper-mode MAKE objectives (MAKE_SPEC §2): MKCL (Eq. 3-4), SLRA (Eq. 5-6), DKW (Eq. 7), total (Eq. 8).
+"""Paper-mode MAKE objectives (docs/objectives.md §2): MKCL (Eq. 3-4), SLRA (Eq. 5-6), DKW (Eq. 7), total (Eq. 8).
 
-Flat text representation (MAKE_SPEC §1): M text rows in any order, each with ``owner`` (its image,
+Flat text representation (docs/objectives.md §1): M text rows in any order, each with ``owner`` (its image,
 in [0, B)), ``slot`` (0 raw, 1 disease, 2 concept, 3.. subtexts) and ``valid``. At most one valid row
 per (image, slot) is expected for slots 0 and 1 (if several, the highest row index is used).
 

@@ -10,7 +10,7 @@ with a learnable log temperature t (the model's ``logit_scale``) and bias b (the
 initialised as in the SigLIP paper to t = log 10, b = -10 (``SIGLIP_LOGIT_SCALE_INIT``, ``SIGLIP_LOGIT_BIAS_INIT``).
 The normalisation by B (not B^2) is the paper's and open_clip's ``SigLipLoss``.
 
-Over the flat text rows (MAKE_SPEC §1) text j is a row r and "belongs to" means owner(r) = i; rows that are not
+Over the flat text rows (docs/objectives.md §1) text j is a row r and "belongs to" means owner(r) = i; rows that are not
 texts (``valid`` False) are no pair at all. With one valid text per image — the ``siglip`` / ``siglip_dagger``
 rows, slot 0 only — this is exactly the loss above.
 """

@@ -813,7 +813,7 @@ def _summary(directory, complete, written, skipped, total, counts, rows_in, drop
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m make_jax.records.convert", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--csv", required=True, help="MAKE training CSV (spec §6 columns)")
+    p.add_argument("--csv", required=True, help="MAKE training CSV (docs/data.md columns)")
     p.add_argument("--images", required=True, help="image root folder the CSV's filenames are relative to")
     p.add_argument("--out", required=True, help="output data dir; the dataset goes to OUT/NAME/VERSION")
     g = p.add_mutually_exclusive_group()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from make_jax.data.schema import NUM_KNOWLEDGE, NUM_SUBTEXTS
 from make_jax.errors import InputError
 
-# --- column names of the MAKE training CSV (spec §6) -------------------------------------------------------------
+# --- column names of the MAKE training CSV (docs/data.md) -------------------------------------------------------------
 TRUNCATED_CAPTION = "truncated_caption"
 ONTOLOGY_CAPTION = "ontology_caption"
 VISUAL_CONCEPT_CAPTION = "visual_concept_caption"

@@ -1,4 +1,4 @@
-"""CLIP byte-level BPE tokenizer (same ids as open_clip's ``SimpleTokenizer``; spec §5).
+"""CLIP byte-level BPE tokenizer (same ids as open_clip's ``SimpleTokenizer``; README.md, Tokenizer).
 
     >>> from make_jax.tokenizer import tokenize, tokenize_with_lengths
     >>> ids = tokenize(["a photo of eczema", "psoriasis"])          # (2, 77) int32, pad 0

@@ -1,4 +1,4 @@
-"""Forward FLOPs of the two towers (2 per multiply-add) and model FLOPs utilisation (spec §7).
+"""Forward FLOPs of the two towers (2 per multiply-add) and model FLOPs utilisation (docs/training.md).
 
 Counted: the transformer blocks' matrix products (qkv, out, MLP: 12·D² MACs per token), attention scores and
 mixing (2·T²·D MACs per layer), and the patch-embedding convolution. Not counted (< 0.5 %): LayerNorms,

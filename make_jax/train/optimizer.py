@@ -1,4 +1,4 @@
-"""AdamW with the spec's weight-decay rules and open_clip's warm-up + cosine schedule (spec §7).
+"""AdamW with the spec's weight-decay rules and open_clip's warm-up + cosine schedule (docs/training.md).
 
 Weight decay is chosen by regular expressions on parameter paths ("visual/transformer/blocks/mlp/c_fc/kernel"),
 big_vision style, not by tensor rank: the blocks' parameters are stacked on a layer axis, so a LayerNorm scale

@@ -8,7 +8,7 @@ rounding; tests/test_packing.py checks this against the dense 77-token step):
 
 * **Packing.** Only valid rows are kept, in a fixed row budget M (a static shape chosen from the dataset's
   statistics), with explicit ``row_owner`` / ``row_slot`` / ``row_valid``; padding rows are invalid. Paper mode
-  only: the paper loss accepts rows in any order (MAKE_SPEC §1); official mode needs the dense layout.
+  only: the paper loss accepts rows in any order (docs/objectives.md §1); official mode needs the dense layout.
 * **Context buckets.** The texts are cut to the shortest bucket (16, 24, 32, 48, 64, 77) that holds the longest
   text of the batch. Exact for the CLIP text tower: attention is causal and the embedding is read at the EOT, so
   positions after a text's EOT never reach its embedding. Packing asks the tower
