@@ -99,3 +99,9 @@ def random_tiny_encoder(seed: int = 0, batch_size: int = 8):
     nnx.replace_by_pure_dict(state, jax.tree.map(lambda s: 0.2 * rng.standard_normal(s.shape).astype(np.float32),
                                                  nnx.to_pure_dict(state)))
     return Encoder(nnx.merge(graphdef, state), batch_size=batch_size)
+
+
+def central_difference(f, x, u, h=1e-6):
+    """(f(x + h·u) − f(x − h·u)) / 2h: the directional derivative of f at x along u, for gradient checks
+    (float64 inputs; error O(h²))."""
+    return (f(x + h * u) - f(x - h * u)) / (2 * h)

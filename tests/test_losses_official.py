@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import central_difference
 from make_jax.losses import (
     LossConfig,
     LossInputs,
@@ -192,9 +193,6 @@ GRAD_MASK = np.array([
 ])
 
 
-def _central(f, x, u, h=1e-6):
-    return (f(x + h * u) - f(x - h * u)) / (2 * h)
-
 
 @pytest.mark.parametrize("sigma", [0.0, 0.2])
 def test_official_gradients_match_finite_differences(sigma):
@@ -235,11 +233,11 @@ def test_official_gradients_match_finite_differences(sigma):
         for idx in coords:
             u = np.zeros_like(x)
             u[idx] = 1.0
-            np.testing.assert_allclose(grads[k][idx], _central(lambda y: f(k, y), x, u), rtol=1e-5, atol=1e-7,
+            np.testing.assert_allclose(grads[k][idx], central_difference(lambda y: f(k, y), x, u), rtol=1e-5, atol=1e-7,
                                        err_msg=f"{name}{idx}")
         for _ in range(3):
             u = rng.normal(size=x.shape)
-            np.testing.assert_allclose(np.sum(grads[k] * u), _central(lambda y: f(k, y), x, u), rtol=1e-6,
+            np.testing.assert_allclose(np.sum(grads[k] * u), central_difference(lambda y: f(k, y), x, u), rtol=1e-6,
                                        atol=1e-7, err_msg=f"{name} direction")
     assert np.abs(grads[1]).max() > 1e-3
     # invalid texts stay in the public code's denominators: they get gradient there

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from make_jax.losses import LossConfig, LossInputs, make_loss
+from conftest import central_difference
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -250,9 +251,6 @@ GRAD_CONFIGS = [
 ]
 
 
-def _central(f, x, u, h=1e-6):
-    return (f(x + h * u) - f(x - h * u)) / (2 * h)
-
 
 @pytest.mark.parametrize("cfg", GRAD_CONFIGS, ids=lambda c: f"{c.positives}-slra{int(c.slra)}-dkw{int(c.dkw)}-{c.dkw_norm}-s{c.sigma}-raw{int(c.slra_grad_to_raw)}")
 def test_paper_gradients_match_finite_differences(cfg):
@@ -288,11 +286,11 @@ def test_paper_gradients_match_finite_differences(cfg):
         for idx in coords:
             u = np.zeros_like(x)
             u[idx] = 1.0
-            np.testing.assert_allclose(grads[k][idx], _central(lambda y: f(k, y), x, u), rtol=1e-5, atol=1e-7,
+            np.testing.assert_allclose(grads[k][idx], central_difference(lambda y: f(k, y), x, u), rtol=1e-5, atol=1e-7,
                                        err_msg=f"{name}{idx}")
         for _ in range(3):
             u = rng.normal(size=x.shape)
-            np.testing.assert_allclose(np.sum(grads[k] * u), _central(lambda y: f(k, y), x, u), rtol=1e-6,
+            np.testing.assert_allclose(np.sum(grads[k] * u), central_difference(lambda y: f(k, y), x, u), rtol=1e-6,
                                        atol=1e-7, err_msg=f"{name} direction")
     # invalid rows get exactly zero gradient; the check is not vacuous
     assert np.all(grads[2][~valid] == 0.0)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from make_jax.losses import SIGLIP_ROWS, LossConfig, LossInputs, make_loss
+from conftest import central_difference
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,9 +79,6 @@ def test_siglip_with_one_text_per_image_is_the_paper_formula():
     assert float(loss) == pytest.approx(expected, rel=1e-12)
 
 
-def _central(f, x, u, h=1e-6):
-    return (f(x + h * u) - f(x - h * u)) / (2 * h)
-
 
 def test_siglip_gradients_match_finite_differences():
     img, _, txt, owner, slot, valid = make_batch(2)  # NaN in the invalid rows: they must not leak anywhere
@@ -99,7 +97,7 @@ def test_siglip_gradients_match_finite_differences():
             a[k] = v
             return ref_siglip(a[0], a[1], owner, slot, valid, float(a[2]), float(a[3]))
 
-        fd = _central(f, np.asarray(x, np.float64), u)
+        fd = central_difference(f, np.asarray(x, np.float64), u)
         assert float(np.sum(np.asarray(grads[k]) * u)) == pytest.approx(fd, rel=1e-6, abs=1e-8), k
     # rows that are not texts (invalid, or slots other than 0) get exactly no gradient
     assert np.all(np.asarray(grads[1])[~(valid & (slot == 0))] == 0.0)
