@@ -23,20 +23,13 @@ from make_jax.data import schema
 from make_jax.knowledge import aspects
 from . import vocab
 
+# The MAKE training CSV's column order (tests/golden/MAKE_training_example.csv): the Derm1M columns with the
+# knowledge columns of make_jax.records.csv_io.MAKE_OUTPUT_COLUMNS placed as the released CSV has them.
+_CONCEPTS_END = schema.DERM1M_COLUMNS.index("skin_concept_standarized") + 1
 MAKE_COLUMNS: tuple[str, ...] = (
-    "filename",
-    "caption",
-    "truncated_caption",
-    "source",
-    "source_type",
-    "standardized_disease",
-    "ontology_final",
-    "skin_concept_standarized",
+    *schema.DERM1M_COLUMNS[:_CONCEPTS_END],
     "augmented_caption",
-    "body_location",
-    "symptoms",
-    "age",
-    "gender",
+    *schema.DERM1M_COLUMNS[_CONCEPTS_END:],
     "visual_concept_caption",
     "ontology_caption",
     "sub_captions",
