@@ -26,7 +26,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD  # noqa: E402  (re-exported)
+# CLIP image normalisation constants (OpenAI CLIP; used by MAKE and open_clip for these models).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_MEAN255 = np.asarray(CLIP_MEAN, np.float32) * np.float32(255.0)
+_STD255 = np.asarray(CLIP_STD, np.float32) * np.float32(255.0)
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -96,21 +100,25 @@ def preprocess(image: Image.Image, image_size: int = 224, mean: Sequence[float] 
     """PIL image → (image_size, image_size, 3) float32, normalised (open_clip's eval transform)."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"preprocess expects a PIL.Image.Image, got {type(image).__name__}")
+    return to_normalized_array(eval_crop(image, image_size, interpolation, resize_mode, fill_color), mean, std)
+
+
+def eval_crop(image: Image.Image, image_size: int = 224, interpolation: str = "bicubic", resize_mode: str = "shortest",
+              fill_color: int = 0) -> Image.Image:
+    """The geometric half of the eval transform (resize, crop or pad): image_size × image_size PIL image. The
+    input pipeline's eval split stores `np.asarray(eval_crop(img, S), np.uint8)`."""
     check_preprocess_cfg(interpolation, resize_mode)
     if resize_mode == "squash":
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), INTERPOLATIONS[interpolation])
-    elif resize_mode == "longest":
-        image = resize_longest_and_pad(image, image_size, interpolation, fill_color)
-    else:
-        image = center_crop(resize_shorter(image, image_size, interpolation), image_size)
-    return to_normalized_array(image, mean, std)
+        return image
+    if resize_mode == "longest":
+        return resize_longest_and_pad(image, image_size, interpolation, fill_color)
+    return center_crop(resize_shorter(image, image_size, interpolation), image_size)
 
 
-def eval_transform(image_size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
-    """A callable PIL image → (image_size, image_size, 3) float32 array."""
-
-    def transform(image: Image.Image) -> np.ndarray:
-        return preprocess(image, image_size, mean, std)
-
-    return transform
+def normalize_uint8(images):
+    """uint8 (..., 3) images (numpy or jax) → float32 CLIP-normalised, (x − 255·mean) / (255·std): the one
+    normalisation of training batches, on the host (pipeline `output="float32"`) and on device
+    (`train.forward.normalize_images`). Same arithmetic as `to_normalized_array` up to float32 rounding."""
+    return (images.astype(np.float32) - _MEAN255) / _STD255

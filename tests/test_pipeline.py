@@ -20,7 +20,7 @@ from PIL import Image
 from make_jax.records import convert as C
 from make_jax.data import pipeline as P
 from make_jax.data import records as R
-from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD
+from make_jax.preprocess import CLIP_MEAN, CLIP_STD
 from make_jax.tokenizer import tokenize_with_lengths
 
 GOLDEN = Path(__file__).parent / "golden" / "MAKE_training_example.csv"

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from make_jax.data import transforms as T
-from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD
+from make_jax import preprocess as pp
+from make_jax.preprocess import CLIP_MEAN, CLIP_STD
 
 
 def smooth_image(w, h, seed=0):
@@ -251,9 +252,9 @@ def test_jitter_order_matters():
 )
 def test_eval_geometry(size, resized, corner):
     img = smooth_image(*size, seed=11)
-    assert T.eval_resize_size(*size, 224) == resized
-    assert T.center_crop_box(*resized, 224) == corner
-    out = T.eval_transform(img, 224)
+    assert pp.resized_size(*size, 224) == resized
+    assert pp.center_crop_box(*resized, 224, 224)[:2] == corner[::-1]
+    out = np.asarray(pp.eval_crop(img, 224), np.uint8)
     top, left = corner
     ref = img.resize(resized, Image.Resampling.BICUBIC) if resized != size else img
     ref = np.asarray(ref.crop((left, top, left + 224, top + 224)))
@@ -265,4 +266,4 @@ def test_normalize_matches_clip_constants():
     x = np.array([[[0, 128, 255]]], np.uint8)
     expect = [(0 / 255 - CLIP_MEAN[0]) / CLIP_STD[0], (128 / 255 - CLIP_MEAN[1]) / CLIP_STD[1],
               (255 / 255 - CLIP_MEAN[2]) / CLIP_STD[2]]
-    np.testing.assert_allclose(T.normalize(x)[0, 0], expect, rtol=1e-5)
+    np.testing.assert_allclose(pp.normalize_uint8(x)[0, 0], expect, rtol=1e-5)

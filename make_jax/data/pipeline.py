@@ -42,7 +42,9 @@ from make_jax.tokenizer import EOT_ID
 
 from .schema import NUM_SLOTS, SLOT_RAW
 from .records import CONTEXT_LENGTH, PIPELINE_FIELDS, TRAIN, VALIDATION, RecordSource, decode_record
-from .transforms import TrainTransformConfig, decode_image, eval_transform, normalize, train_transform
+from make_jax.preprocess import eval_crop, normalize_uint8
+
+from .transforms import TrainTransformConfig, decode_image, train_transform
 
 _PERM_STREAM = 0x5EED_0001
 _AUG_STREAM = 0x5EED_0002
@@ -211,7 +213,7 @@ class ExampleLoader:
             if self.train:
                 image = train_transform(img, self.example_rng(epoch, index), self.augment)
             else:
-                image = eval_transform(img, S)
+                image = np.asarray(eval_crop(img, S), np.uint8)
             ids, lengths, valid = rec["text_ids"], rec["text_lengths"], rec["text_valid"]
             if cfg.official_inputs:
                 from make_jax.tokenizer import get_tokenizer
@@ -224,7 +226,7 @@ class ExampleLoader:
                 valid[SLOT_RAW] = rec["dagger_length"] > 0
             out = {"images": image, "text_ids": trim_text_ids(ids, lengths, L), "text_valid": valid}
         if cfg.output == "float32":
-            out["images"] = normalize(out["images"])
+            out["images"] = normalize_uint8(out["images"])
         if not self.train:
             out["example_valid"] = np.bool_(index >= 0)
         if cfg.with_index:

@@ -1,4 +1,4 @@
-"""Train and eval image transforms of docs/data.md, in NumPy/PIL, with torchvision's semantics.
+"""The train image transform of docs/data.md, in NumPy/PIL, with torchvision's semantics.
 
 Train (one image, one ``numpy.random.Generator``)::
 
@@ -7,7 +7,7 @@ Train (one image, one ``numpy.random.Generator``)::
     RandomGrayscale(p=0.2)                                             # 3 equal channels
     (no flip)
 
-Eval: resize the shorter side to S (bicubic; the longer side ``int(S * long / short)``), centre crop S×S.
+Eval (the pipeline's validation split and inference alike): ``make_jax.preprocess.eval_crop``.
 
 Each step follows torchvision's PIL code path (``torchvision.transforms.functional_pil``): the crop box is sampled
 as ``RandomResizedCrop.get_params`` does, the crop is ``img.crop`` then ``img.resize((S, S), BICUBIC)``, the four
@@ -17,8 +17,8 @@ torchvision's, the draws are not bit-identical to a torch run.
 
 Every random decision is returned by ``train_transform(..., return_params=True)`` (the crop box and whether it
 came from the fallback, the jitter order and factors, the grayscale coin) so tests can check the sampler against
-its definition. Output is (S, S, 3) uint8; normalisation happens on device (``make_jax.train.step``) or with
-``normalize`` here.
+its definition. Output is (S, S, 3) uint8; normalisation is ``make_jax.preprocess.normalize_uint8`` (on device in
+``make_jax.train.forward.normalize_images``, or in the pipeline with ``output="float32"``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD
 
 BICUBIC = Image.Resampling.BICUBIC
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
@@ -247,35 +246,3 @@ def train_transform(
     params = sample_train_params(rng, img.width, img.height, cfg)
     out = apply_train_params(img, params, cfg.size)
     return (out, params) if return_params else out
-
-
-def eval_resize_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """torchvision ``Resize(size)`` with an int: shorter side → size, longer → int(size · long / short)."""
-    if width <= height:
-        return size, int(size * height / width)
-    return int(size * width / height), size
-
-
-def center_crop_box(width: int, height: int, size: int) -> tuple[int, int]:
-    """torchvision ``CenterCrop``: (top, left) = (int(round((H - size) / 2)), int(round((W - size) / 2)))."""
-    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-
-
-def eval_transform(img: Image.Image, size: int = 224) -> np.ndarray:
-    """Resize the shorter side to ``size`` (bicubic), centre crop size×size → (size, size, 3) uint8."""
-    w, h = eval_resize_size(img.width, img.height, size)
-    if (w, h) != img.size:
-        img = img.resize((w, h), BICUBIC)
-    if w < size or h < size:  # cannot happen after the resize above, kept for clarity
-        raise ValueError(f"image {w}x{h} smaller than the crop {size}")
-    top, left = center_crop_box(w, h, size)
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
-_MEAN255 = np.asarray(CLIP_MEAN, np.float32) * 255.0
-_STD255 = np.asarray(CLIP_STD, np.float32) * 255.0
-
-
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 (..., 3) → float32 CLIP-normalised ((x - 255·mean) / (255·std)), as ``train.forward.normalize_images``."""
-    return (images.astype(np.float32) - _MEAN255) / _STD255

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from make_jax.losses import LossConfig, LossInputs
 from make_jax.models import CLIP
 from make_jax.models.clip import ImageOutputs
-from make_jax.preprocess_constants import CLIP_MEAN, CLIP_STD
+from make_jax.preprocess import normalize_uint8
 from make_jax.train.packing import is_packed, text_groups
 
 
@@ -39,9 +39,7 @@ class TextRows(NamedTuple):
 def normalize_images(images: jax.Array, dtype=jnp.float32) -> jax.Array:
     """uint8 (B, H, W, 3) → CLIP-normalised float; float input is taken as already normalised."""
     if images.dtype == jnp.uint8:
-        mean = jnp.asarray(CLIP_MEAN, jnp.float32) * 255.0
-        std = jnp.asarray(CLIP_STD, jnp.float32) * 255.0
-        return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+        return normalize_uint8(images).astype(dtype)
     return images
 
 
