@@ -8,6 +8,10 @@ ablation config one after another (see configs/ablation.py) and writes WORKDIR/s
 Bad input (an unknown or out-of-range field, a missing path, an unwritable workdir, a workdir that holds another
 run) ends the command before any work with one line on stderr and exit status 2; Ctrl-C during training saves
 the current step and exits with 130 (docs/training.md, "Failure behaviour").
+
+Multi-process (several GPU hosts): start this same command once per process with JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or under SLURM `srun` / `mpirun` (detected); every process must see the
+same WORKDIR. `--local_processes=N` starts N such processes on this machine (see docs/training.md).
 """
 
 import logging
@@ -24,6 +28,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
                                "Default: runs/<config name>.")
 _SWEEP = flags.DEFINE_bool("sweep", False, "Run every row of an ablation config and tabulate them.")
 _PRINT = flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit.")
+_LOCAL = flags.DEFINE_integer("local_processes", 0, "Start this command as N processes of one multi-process job "
+                              "on this machine (127.0.0.1, a free port); their output is prefixed [p<i>].")
 _ALLOW_CHANGE = flags.DEFINE_bool("allow_config_change", False,
                                   "Continue the run in a used workdir although its config differs (the changes "
                                   "are logged in WORKDIR/config_changes.jsonl).")
@@ -52,8 +58,34 @@ def main(argv):
     del argv
     from make_jax.errors import exit_on_input_error
 
-    with exit_on_input_error("launch.py"):
-        _main()
+    try:
+        with exit_on_input_error("launch.py"):
+            _main()
+    except BaseException as e:
+        _leave_at_once_if_multiprocess(e)
+        raise
+
+
+def _leave_at_once_if_multiprocess(error: BaseException) -> None:
+    """In a multi-process job a normal exit would wait (up to JAX's shutdown timeout) for processes blocked in a
+    collective with this one: report and leave at once, so that the launcher and the coordination service stop
+    the others."""
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return
+    if isinstance(error, SystemExit):
+        code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+        if error.code is not None and not isinstance(error.code, int):
+            print(error.code, file=sys.stderr)
+    else:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _main():
@@ -72,6 +104,11 @@ def _main():
     if _PRINT.value:
         print(config.to_json_best_effort(indent=2, sort_keys=True))
         return
+    if _LOCAL.value:
+        from make_jax.train.local_job import run_local_job, strip_flag
+
+        command = [sys.executable, os.path.abspath(__file__)] + strip_flag(sys.argv[1:], "local_processes")
+        sys.exit(run_local_job(command, _LOCAL.value))
     # Our progress and summaries at INFO; Orbax's and Grain's per-operation absl logs only from WARNING up.
     from absl import logging as absl_logging
 
@@ -81,8 +118,11 @@ def _main():
     logging.getLogger("make_jax").setLevel(logging.INFO)
     logging.getLogger("make_jax").addHandler(handler)
     logging.getLogger("make_jax").propagate = False
+    from make_jax.train.distributed import initialize_from_environment
     from make_jax.train.loop import check_init_from
     from make_jax.train.run import run, run_sweep
+
+    initialize_from_environment()  # before anything starts a JAX backend
 
     config_path = flags.FLAGS["config"].config_filename
     workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])

@@ -67,6 +67,17 @@ def _save_context():
     return ctx
 
 
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Renames the complete `tmp` to `out`; an existing `out` is replaced only after the new one is in place."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, old / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yields a fresh temporary directory beside `out`; renames it to `out` if the block succeeds, deletes it
@@ -78,16 +89,33 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")  # 0777 less the umask, not mkdtemp's 0700
     try:
         yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / out.name)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def collective_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """`atomic_directory` for a multi-process job, entered by every process: Orbax saves are collective (its v1
+    API synchronises all processes and cannot be limited to one), so all processes write into one temporary
+    directory of a fixed name; process 0 prepares it, and renames it to `out` once everyone is done."""
+    from jax.experimental import multihost_utils
+
+    out = Path(out).absolute()
+    tmp = out.parent / f".{out.name}.tmp-collective"
+    main = jax.process_index() == 0
+    if main:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    multihost_utils.sync_global_devices(f"collective_directory:{out}:ready")
+    yield tmp
+    multihost_utils.sync_global_devices(f"collective_directory:{out}:written")
+    if main:
+        _move_into_place(tmp, out)
+    multihost_utils.sync_global_devices(f"collective_directory:{out}:renamed")
 
 
 def _pure_params(params: Any) -> dict:
@@ -154,13 +182,15 @@ def save_checkpoint(out: str | Path, params: Any, cfg: ModelConfig, *, preproces
     # Orbax handles numpy and jax arrays (not numpy scalars): 0-d leaves become 0-d arrays.
     tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), tree)
     out = Path(out).absolute()
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    directory = collective_directory if jax.process_count() > 1 else atomic_directory
+    with directory(out, overwrite=overwrite) as tmp:
         with _save_context():
             _ocp().save(tmp / PARAMS_DIR, tree, custom_metadata=dict(metadata or {}))
-        (tmp / CONFIG_FILE).write_text(cfg.to_json() + "\n")
-        pp = {**DEFAULT_PREPROCESS_CFG, **(preprocess_cfg or {})}
-        (tmp / PREPROCESS_FILE).write_text(json.dumps(pp, indent=2) + "\n")
-        write_checksums(tmp, tmp / CHECKSUM_FILE)
+        if jax.process_index() == 0:
+            (tmp / CONFIG_FILE).write_text(cfg.to_json() + "\n")
+            pp = {**DEFAULT_PREPROCESS_CFG, **(preprocess_cfg or {})}
+            (tmp / PREPROCESS_FILE).write_text(json.dumps(pp, indent=2) + "\n")
+            write_checksums(tmp, tmp / CHECKSUM_FILE)
     logger.info("wrote %s", out)
     return out
 
@@ -207,7 +237,7 @@ def _restore(path: Path, abstract: dict, as_numpy: bool) -> dict:
     if as_numpy:
         target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), abstract)
     else:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
     try:
         return ocp.load(path / PARAMS_DIR, target)

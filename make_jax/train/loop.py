@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -29,6 +28,7 @@ from make_jax.losses import LossConfig
 from make_jax.losses.siglip import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT
 from make_jax.models import ModelConfig, create_model, get_model_config
 from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
+from make_jax.train.distributed import initialize_from_environment
 from make_jax.train.config import ConfigError, check_config, check_paths, check_steps
 from make_jax.train.flops import peak_flops, train_flops_per_image
 from make_jax.train.metrics_writer import MetricWriter
@@ -46,22 +46,6 @@ class InitFromError(ConfigError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the message names the step and the last good checkpoint (kept)."""
-
-
-def maybe_initialize_distributed() -> None:
-    """`jax.distributed.initialize()` when the environment describes a multi-process job.
-
-    JAX reads the coordinator, process count and id from its own variables (JAX_COORDINATOR_ADDRESS,
-    JAX_NUM_PROCESSES, JAX_PROCESS_ID) or from a cluster manager it detects (SLURM, Open MPI, Kubernetes...).
-    """
-    if jax.process_count() > 1:  # already initialised
-        return
-    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
-    if any(os.environ.get(m) for m in markers):
-        if os.environ.get("SLURM_NTASKS", "1") == "1" and not os.environ.get("JAX_COORDINATOR_ADDRESS") \
-                and os.environ.get("OMPI_COMM_WORLD_SIZE", "1") == "1":
-            return  # a single-task allocation: nothing to coordinate
-        jax.distributed.initialize()
 
 
 def model_config_from(config) -> ModelConfig:
@@ -166,7 +150,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     if make_data is None:
         check_paths(options)
         from make_jax.train.data import make_train_data as make_data
-    maybe_initialize_distributed()
+    initialize_from_environment()
     check_init_from(config)  # before any work
     workdir = check_writable(workdir, "workdir")
     eval_entries = list(options.evals)
@@ -284,8 +268,8 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
 
     result = {"step": step, "metrics": last, "final_params": state.params}
     if step == total_steps:
-        export_dir = export(state.params, model_cfg, workdir / "export") if is_main else None
-        result["export"] = str(export_dir) if export_dir else None
+        export_dir = export(state.params, model_cfg, workdir / "export")  # collective: every process takes part
+        result["export"] = str(export_dir) if is_main else None
         if final_eval is not None:
             from make_jax.evaluate.suite import summarize, write_json
 

@@ -67,7 +67,10 @@ def run_sweep(config, workdir: str | Path, run) -> list[dict]:
             "retrieval_r10_i2t": ev.get("retrieval", {}).get("i2t_R@10"),
             "retrieval_r10_t2i": ev.get("retrieval", {}).get("t2i_R@10"),
         })
-    write_sweep_table(table, workdir)
+    import jax
+
+    if jax.process_index() == 0:  # the evaluation results exist on process 0 only
+        write_sweep_table(table, workdir)
     return table
 
 

@@ -1,0 +1,123 @@
+"""Joining a multi-process job (several GPU hosts, or several local CPU processes) before JAX starts a backend.
+
+    initialize_from_environment()   # first thing a training process does; a no-op for a single process
+
+What describes the job, in the order looked at:
+  * JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES, JAX_PROCESS_ID — read here and passed
+    explicitly, because jax 0.10 reads only the address from the environment;
+  * a cluster manager JAX detects itself (SLURM `srun`, Open MPI `mpirun`), when it reports more than one task.
+
+On CPU the processes exchange data through gloo (`jax_cpu_collectives_implementation`); it is set explicitly, as
+older and newer jax releases differ in their default. The heartbeat timeout bounds how long the survivors of a
+killed process wait before they stop (`MAKE_JAX_HEARTBEAT_TIMEOUT`, seconds; default 60): the coordination
+service then ends every process with an error naming the task it lost.
+
+Nothing here may touch a JAX backend: `jax.process_count()` before `jax.distributed.initialize()` would start
+one and make the join impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger("make_jax.train")
+
+JOB_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+HEARTBEAT_VARIABLE = "MAKE_JAX_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+
+
+class DistributedSetupError(ValueError):
+    """The environment describes a multi-process job inconsistently (one line naming the variable)."""
+
+
+def job_from_environment(env=None) -> dict | None:
+    """The `jax.distributed.initialize` arguments the environment asks for; None for a single process.
+
+    {'coordinator_address', 'num_processes', 'process_id'} from the JAX_* variables (all three or none), or {}
+    (JAX's own cluster detection) under SLURM / Open MPI with more than one task.
+    """
+    env = os.environ if env is None else env
+    given = [v for v in JOB_VARIABLES if env.get(v)]
+    if given:
+        missing = [v for v in JOB_VARIABLES if not env.get(v)]
+        if missing:
+            raise DistributedSetupError(f"{', '.join(given)} set but {', '.join(missing)} missing: a multi-process "
+                                        f"job needs all of {', '.join(JOB_VARIABLES)}")
+        try:
+            count, index = int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])
+        except ValueError:
+            raise DistributedSetupError(f"JAX_NUM_PROCESSES={env['JAX_NUM_PROCESSES']!r} and JAX_PROCESS_ID="
+                                        f"{env['JAX_PROCESS_ID']!r} must be integers") from None
+        if count < 1 or not 0 <= index < count:
+            raise DistributedSetupError(f"JAX_PROCESS_ID={index} is not in [0, JAX_NUM_PROCESSES={count})")
+        if count == 1:
+            return None
+        return {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"], "num_processes": count,
+                "process_id": index}
+    for tasks in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if int(env.get(tasks, "1") or "1") > 1:
+            return {}
+    return None
+
+
+def heartbeat_timeout_s(env=None) -> int:
+    env = os.environ if env is None else env
+    raw = env.get(HEARTBEAT_VARIABLE, str(DEFAULT_HEARTBEAT_TIMEOUT_S))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DistributedSetupError(f"{HEARTBEAT_VARIABLE}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def initialize_from_environment() -> bool:
+    """Joins the job the environment describes (see the module docstring); True when it is multi-process.
+
+    Idempotent: a second call (e.g. `run` then `train` in one process) does nothing.
+    """
+    import jax
+
+    if jax.distributed.is_initialized():
+        return True
+    job = job_from_environment()
+    if job is None:
+        return False
+    if "jax_cpu_collectives_implementation" in jax.config.values:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**job, heartbeat_timeout_seconds=heartbeat_timeout_s())
+    logger.info("process %d of %d joined (%d local devices, %d in all)", jax.process_index(), jax.process_count(),
+                jax.local_device_count(), jax.device_count())
+    return True
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all arrive (no-op for one process). `name` must match across processes."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def broadcast_json(value):
+    """Process 0's JSON-serialisable `value`, on every process (the value itself for one process): how the
+    processes agree on host-side decisions (prepared data paths, packing budgets) before they act on them."""
+    import json
+
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+    padded = np.zeros(size, np.uint8)
+    padded[:data.size] = data
+    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes().decode())

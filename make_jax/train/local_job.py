@@ -1,0 +1,113 @@
+"""`launch.py --local_processes=N`: N copies of a command on this machine, joined as one multi-process JAX job.
+
+Each copy gets JAX_COORDINATOR_ADDRESS=127.0.0.1:<free port>, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i — the
+variables a multi-host launcher sets — so the multi-host code path (coordination, cross-process collectives,
+per-process input shards, process-0-only outputs) can be tried on one machine. On CPU give each process its own
+simulated devices with XLA_FLAGS=--xla_force_host_platform_device_count=K (inherited by the copies).
+
+Every line a copy prints is forwarded prefixed with `[p<i>] `. When one copy fails (non-zero exit, or killed),
+the others are stopped (SIGTERM, then SIGKILL after `grace_s`) and the exit status is the failed copy's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it; a small window remains before the coordinator binds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def strip_flag(argv: list[str], name: str) -> list[str]:
+    """`argv` without `--name=value` / `--name value` (the copies must not spawn copies)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in (f"--{name}", f"-{name}"):
+            skip = True
+        elif not a.startswith((f"--{name}=", f"-{name}=")):
+            out.append(a)
+    return out
+
+
+def _forward(stream, prefix: str, lock: threading.Lock) -> None:
+    for line in iter(stream.readline, b""):
+        with lock:
+            sys.stdout.buffer.write(prefix.encode() + line)
+            sys.stdout.buffer.flush()
+    stream.close()
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10.0, poll_s: float = 0.2) -> int:
+    """Runs `command` as processes 0..N-1 of one job; returns 0 when all succeed, else the first failure's status
+    (128 + signal number for a copy killed by a signal)."""
+    if num_processes < 1:
+        raise ValueError(f"--local_processes must be at least 1, got {num_processes}")
+    address = f"127.0.0.1:{free_port()}"
+    lock = threading.Lock()
+    procs, threads = [], []
+    for i in range(num_processes):
+        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(num_processes),
+                   JAX_PROCESS_ID=str(i), PYTHONUNBUFFERED="1")
+        p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        t = threading.Thread(target=_forward, args=(p.stdout, f"[p{i}] ", lock), daemon=True)
+        t.start()
+        procs.append(p)
+        threads.append(t)
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # `kill` of this launcher stops the copies too
+    first_failed = None
+    try:
+        while first_failed is None:
+            failed = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
+            if failed:
+                first_failed = failed[0]
+                if any(p.poll() is None for p in procs):
+                    with lock:
+                        print(f"[launch] process {first_failed} of {num_processes} "
+                              f"{_describe(procs[first_failed].returncode)}; stopping the others", flush=True)
+                    _stop(procs, grace_s)
+            elif all(p.poll() == 0 for p in procs):
+                break
+            else:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        _stop(procs, grace_s)
+        first_failed = next((i for i, p in enumerate(procs) if p.returncode != 0), None)
+    for t in threads:
+        t.join(timeout=5)
+    if first_failed is None:
+        return 0
+    code = procs[first_failed].returncode
+    return 128 - code if code < 0 else code
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"

@@ -1,0 +1,169 @@
+"""Multi-process training on one machine: several JAX processes with simulated CPU devices, joined by
+jax.distributed on 127.0.0.1 and exchanging data through gloo — the code path of several GPU hosts.
+
+The expensive test trains the demo config for 2 steps as 2 processes x 2 devices (`launch.py
+--local_processes=2`) and as 1 process x 4 devices, and compares the exported parameters.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from make_jax.train.distributed import DistributedSetupError, heartbeat_timeout_s, job_from_environment
+from make_jax.train.local_job import run_local_job, strip_flag
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- the job description from the environment (no JAX backend involved) ----------------------------------------
+
+def test_job_from_environment():
+    full = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    assert job_from_environment(full) == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4,
+                                          "process_id": 3}
+    assert job_from_environment({}) is None
+    assert job_from_environment({**full, "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}) is None
+    assert job_from_environment({"SLURM_NTASKS": "8"}) == {}  # JAX's own SLURM detection
+    assert job_from_environment({"SLURM_NTASKS": "1"}) is None  # a one-task allocation: nothing to join
+    assert job_from_environment({"OMPI_COMM_WORLD_SIZE": "2"}) == {}
+    with pytest.raises(DistributedSetupError, match="JAX_PROCESS_ID missing"):
+        job_from_environment({k: v for k, v in full.items() if k != "JAX_PROCESS_ID"})
+    with pytest.raises(DistributedSetupError, match=r"JAX_PROCESS_ID=4 is not in \[0, JAX_NUM_PROCESSES=4\)"):
+        job_from_environment({**full, "JAX_PROCESS_ID": "4"})
+    with pytest.raises(DistributedSetupError, match="must be integers"):
+        job_from_environment({**full, "JAX_NUM_PROCESSES": "four"})
+    assert heartbeat_timeout_s({}) == 60 and heartbeat_timeout_s({"MAKE_JAX_HEARTBEAT_TIMEOUT": "7"}) == 7
+    with pytest.raises(DistributedSetupError, match="MAKE_JAX_HEARTBEAT_TIMEOUT"):
+        heartbeat_timeout_s({"MAKE_JAX_HEARTBEAT_TIMEOUT": "0"})
+
+
+def test_strip_flag():
+    argv = ["--config", "configs/demo.py", "--local_processes=2", "--workdir", "w", "--local_processes", "3",
+            "--config.batch_size=8"]
+    assert strip_flag(argv, "local_processes") == ["--config", "configs/demo.py", "--workdir", "w",
+                                                   "--config.batch_size=8"]
+
+
+# ---- per-process input shards ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_process_shards_read_every_record_once_per_epoch(count):
+    from make_jax.data.pipeline import Sampler
+
+    n, global_batch, epochs = 37, 8, 3
+    spe = n // global_batch
+    local = global_batch // count
+    shards = [Sampler(n, global_batch, p, count, True, 5, True) for p in range(count)]
+    one = Sampler(n, global_batch, 0, 1, True, 5, True)
+    cache = [{} for _ in range(count + 1)]
+    for epoch in range(epochs):
+        seen = []
+        for step in range(epoch * spe, (epoch + 1) * spe):
+            rows = []
+            for p, s in enumerate(shards):
+                got = [s.locate(step * local + r, cache[p]) for r in range(local)]
+                assert all(e == epoch for e, _ in got)
+                rows += [i for _, i in got]
+            # The processes' batches, concatenated in process order, are the one-process global batch.
+            assert rows == [one.locate(step * global_batch + r, cache[count])[1] for r in range(global_batch)]
+            seen += rows
+        # Each record at most once per epoch, and exactly the epoch's first spe*G records of its permutation.
+        assert len(seen) == len(set(seen)) == spe * global_batch
+        perm = np.random.default_rng([5, epoch, 0x5EED_0001]).permutation(n)  # the documented epoch order
+        assert sorted(seen) == sorted(perm[:spe * global_batch].tolist())
+
+
+# ---- the local launcher -------------------------------------------------------------------------------------
+
+def test_local_job_passes_the_job_variables_and_stops_the_others_when_one_fails(capfd):
+    script = textwrap.dedent("""
+        import os, sys, time
+        i = int(os.environ["JAX_PROCESS_ID"])
+        print("job", os.environ["JAX_COORDINATOR_ADDRESS"], os.environ["JAX_NUM_PROCESSES"], i, os.getpid(),
+              flush=True)
+        if i == 1:
+            time.sleep(0.5)
+            sys.exit(3)
+        time.sleep(120)
+    """)
+    t0 = time.monotonic()
+    status = run_local_job([sys.executable, "-c", script], 3, grace_s=2.0)
+    elapsed = time.monotonic() - t0
+    out = capfd.readouterr().out
+    assert status == 3
+    assert elapsed < 30, f"the other processes were not stopped ({elapsed:.0f} s)"
+    lines = [ln for ln in out.splitlines() if " job " in ln]
+    assert sorted(ln.split()[0] for ln in lines) == ["[p0]", "[p1]", "[p2]"]
+    addresses = {ln.split()[2] for ln in lines}
+    assert len(addresses) == 1 and next(iter(addresses)).startswith("127.0.0.1:")
+    assert all(ln.split()[3] == "3" and ln.split()[4] == ln.split()[0][2] for ln in lines)
+    assert "[launch] process 1 of 3 exited with status 3; stopping the others" in out
+    for ln in lines:  # stopped and reaped: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(ln.split()[5]), 0)
+
+
+def test_local_job_succeeds_when_all_succeed(capfd):
+    assert run_local_job([sys.executable, "-c", "print('hi')"], 2) == 0
+    assert sorted(capfd.readouterr().out.split()) == ["[p0]", "[p1]", "hi", "hi"]
+
+
+# ---- training: 2 processes x 2 devices == 1 process x 4 devices ---------------------------------------------
+
+def _launch(workdir: Path, root: Path, *, devices: int, processes: int, steps: int, extra=(), timeout=900):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               MAKE_JAX_HEARTBEAT_TIMEOUT="20")
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(k, None)
+    cmd = [sys.executable, "launch.py", "--config", "configs/demo.py", "--workdir", str(workdir),
+           f"--config.prepare.synthderm.out={root}", f"--config.prepare.synthderm.records={root / 'records'}",
+           "--config.prepare.synthderm.shorter_side=36", "--config.prepare.synthderm.num_train=48",
+           "--config.prepare.synthderm.num_val=8", "--config.prepare.synthderm.image_size=40",
+           "--config.prepare.synthderm.seed=3",
+           f"--config.total_steps={steps}", "--config.batch_size=8", "--config.data.context_length=16",
+           "--config.eval.every=0", "--config.final_eval.zero_shot=False", "--config.final_eval.concepts=False",
+           "--config.final_eval.retrieval=False", "--config.progress=False", "--config.tensorboard=False",
+           "--config.log_every=1", "--config.checkpoint_every=1", *extra]
+    if processes > 1:
+        cmd.append(f"--local_processes={processes}")
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _params(export: Path) -> dict:
+    from make_jax.checkpoint.orbax_io import load_params
+
+    import jax
+
+    flat = jax.tree_util.tree_leaves_with_path(load_params(export, as_numpy=True))
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def test_two_processes_train_like_one(synthderm_small, tmp_path):
+    root, _ = synthderm_small
+    multi = _launch(tmp_path / "multi", root, devices=2, processes=2, steps=2)
+    assert multi.returncode == 0, multi.stdout[-4000:] + multi.stderr[-4000:]
+    assert "[p1]" in multi.stdout and "process 1 of 2 joined (2 local devices, 4 in all)" in multi.stdout
+    single = _launch(tmp_path / "single", root, devices=4, processes=1, steps=2)
+    assert single.returncode == 0, single.stderr[-4000:]
+
+    # Not bit-identical: the float32 sums over the batch (logits' log-sum-exp, the gradient all-reduce) are split
+    # differently when two of the four devices sit in another process (gloo), so the loss differs in its last
+    # bit (~1e-7 relative) and, after 2 AdamW steps at lr 1e-5..2e-5, parameters by up to ~4e-7 (measured).
+    # A wrong row split (a process reading the other's rows) moves them by ~lr = 1e-5 and fails.
+    a, b = _params(tmp_path / "multi" / "export"), _params(tmp_path / "single" / "export")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=2e-6, err_msg=k)
+    # Process 0 alone writes the metrics: one line per step, the one-process run's losses.
+    lines = [json.loads(x) for x in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    np.testing.assert_allclose([m["loss"] for m in lines], [m["loss"] for m in ref], rtol=1e-6)
+    assert not (tmp_path / "multi" / ".export.tmp-collective").exists()
