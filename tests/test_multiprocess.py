@@ -128,8 +128,11 @@ def _launch(workdir: Path, root: Path, *, devices: int, processes: int, steps: i
            "--config.prepare.synthderm.num_val=8", "--config.prepare.synthderm.image_size=40",
            "--config.prepare.synthderm.seed=3",
            f"--config.total_steps={steps}", "--config.batch_size=8", "--config.data.context_length=16",
-           "--config.eval.every=0", "--config.final_eval.zero_shot=False", "--config.final_eval.concepts=False",
-           "--config.final_eval.retrieval=False", "--config.progress=False", "--config.tensorboard=False",
+           "--config.evals.zeroshot.every=0", f"--config.evals.zeroshot.csv={root / 'zeroshot' / 'test.csv'}",
+           f"--config.evals.zeroshot.classes={root / 'zeroshot' / 'classnames.json'}",
+           f"--config.evals.concepts.data_dir={root / 'skincon'}",
+           f"--config.evals.retrieval.csv={root / 'retrieval' / 'retrieval.csv'}",
+           "--config.progress=False", "--config.tensorboard=False",
            "--config.log_every=1", "--config.checkpoint_every=1", *extra]
     if processes > 1:
         cmd.append(f"--local_processes={processes}")
@@ -167,3 +170,7 @@ def test_two_processes_train_like_one(synthderm_small, tmp_path):
     assert [m["step"] for m in lines] == [1, 2]
     np.testing.assert_allclose([m["loss"] for m in lines], [m["loss"] for m in ref], rtol=1e-6)
     assert not (tmp_path / "multi" / ".export.tmp-collective").exists()
+    # The final evaluations: process 0 alone, on the same parameters (metrics within the same tolerance).
+    ev_multi = json.loads((tmp_path / "multi" / "eval.json").read_text())["summary"]
+    ev_single = json.loads((tmp_path / "single" / "eval.json").read_text())["summary"]
+    assert [r["name"] for r in ev_multi] == [r["name"] for r in ev_single] == ["zeroshot", "concepts", "retrieval"]
