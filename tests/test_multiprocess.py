@@ -165,8 +165,11 @@ def test_two_processes_train_like_one(synthderm_small, tmp_path):
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=2e-6, err_msg=k)
     # Process 0 alone writes the metrics: one line per step, the one-process run's losses.
-    lines = [json.loads(x) for x in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]
-    ref = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    def train_rows(run):
+        rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in rows if r["split"] == "train"]
+
+    lines, ref = train_rows("multi"), train_rows("single")
     assert [m["step"] for m in lines] == [1, 2]
     np.testing.assert_allclose([m["loss"] for m in lines], [m["loss"] for m in ref], rtol=1e-6)
     assert not (tmp_path / "multi" / ".export.tmp-collective").exists()
