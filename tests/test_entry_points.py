@@ -112,3 +112,20 @@ def test_evaluate_single_task_prints_json(synthderm_small, tmp_path):
     assert len(confusion) == n_classes and sum(map(sum, confusion)) == printed["dataset"]["evaluated"]
     # top-1 is the confusion matrix's trace over its total
     assert printed["metrics"]["top1"] == sum(confusion[i][i] for i in range(n_classes)) / sum(map(sum, confusion))
+
+
+def test_evaluate_config_json_format_prints_one_json_document(synthderm_small, tmp_path, capsys):
+    # With a config of several tasks, `--format json` must keep the tables and the summary off stdout, so that
+    # `python -m make_jax.evaluate ... --format json | jq` works (it printed the tables first before).
+    from make_jax.evaluate.cli import main
+
+    root, _ = synthderm_small
+    rc = main(["--random-init", "tiny", "--config", f"{REPO}/configs/eval_synthderm.py:{root}", "--no-progress",
+               "--batch-size", "16", "--format", "json", "--out", str(tmp_path / "sd.json")])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)  # raises if anything but one JSON document was printed
+    saved = json.loads((tmp_path / "sd.json").read_text())
+    assert [r["name"] for r in printed["results"]] == ["synthderm-zeroshot", "synthderm-concepts",
+                                                        "synthderm-retrieval"]
+    assert printed["summary"] == saved["summary"]
+    assert [r["metrics"] for r in printed["results"]] == [r["metrics"] for r in saved["results"]]

@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
              if checkpoint else None, "random_init": random_init,
              "dtype": args.dtype or cfg.get("dtype"), "batch_size": getattr(encoder, "batch_size", None)}
     defaults = {"workers": args.workers, "progress": not args.no_progress, "strict": args.strict}
-    echo = (lambda text: print(text, flush=True)) if args.format == "table" or not args.task else None
+    # With --format json, stdout carries exactly one JSON document: tables and the summary are not printed.
+    echo = (lambda text: print(text, flush=True)) if args.format == "table" else None
     results = suite.run_evals(encoder, entries, defaults=defaults, echo=echo)
 
     if args.task:
@@ -226,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in failed:
         print(f"error in {r['name']}: {r['error']}", file=sys.stderr, flush=True)
     summary = suite.summarize(results, cfg.get("published"))
-    print("\nsummary")
-    for s in summary:
-        vals = "  ".join(f"{k} {_fmt(v)}" for k, v in s.items() if k not in ("name", "task", "published"))
-        if "published" in s:
-            vals += "  | published " + "  ".join(f"{k} {_fmt(v)}" for k, v in s["published"].items())
-        print(f"  {str(s['name']):<16} {str(s['task']):<10} {vals}")
+    if args.format == "table":
+        print("\nsummary")
+        for s in summary:
+            vals = "  ".join(f"{k} {_fmt(v)}" for k, v in s.items() if k not in ("name", "task", "published"))
+            if "published" in s:
+                vals += "  | published " + "  ".join(f"{k} {_fmt(v)}" for k, v in s["published"].items())
+            print(f"  {str(s['name']):<16} {str(s['task']):<10} {vals}")
     out = {**model, "config": args.config, "results": results, "summary": summary,
            "seconds": time.perf_counter() - t_start}
     if args.format == "json":
