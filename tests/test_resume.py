@@ -48,7 +48,7 @@ DRIVER = textwrap.dedent("""
     config = get_config()
     config.update_from_flattened_dict(json.loads(os.environ["OVERRIDES"]))
     del config.prepare["synthderm"]
-    config.evals = {}
+    config.evals = {{}}
     START = 0
     ckdir = os.path.join(sys.argv[1], "checkpoints")
     if os.path.isdir(ckdir):
@@ -71,7 +71,7 @@ def _overrides(records, **extra):
     o = {"model.name": "tiny", "data.records": records, "data.image_size": 32, "data.context_length": 16,
          "data.workers": 0, "data.prefetch": 0, "batch_size": 8, "total_steps": 9, "checkpoint_every": 3,
          "log_every": 1, "progress": False, "tensorboard": False, "optim.warmup_steps": 2, "optim.lr": 1e-3,
-         "keep_checkpoints": 10, "eval.every": 0}
+         "keep_checkpoints": 10}
     o.update(extra)
     return o
 
