@@ -82,6 +82,14 @@ def test_installed_train_help_lists_config_fields(installed):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "config fields of ablation:make with their defaults" in r.stdout
     assert "  loss.sigma = 0.0" in r.stdout and "--workdir" in r.stdout
+    # The command itself, not only its help: launch.py is not installed, and the library must not need it.
+    r = subprocess.run([str(bin_dir / "make-jax-train"), "--config", "ablation:row=mkcl", "--config.batch_size=3",
+                        "--print_config"], capture_output=True, text=True, cwd=work, env=_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["batch_size"] == 3 and json.loads(r.stdout)["row"] == "mkcl"
+    bad = subprocess.run([str(bin_dir / "make-jax-train"), "--config", "demo", "--config.no_such=1"],
+                         capture_output=True, text=True, cwd=work, env=_env())
+    assert bad.returncode == 2 and bad.stderr.startswith("launch.py: error: unknown config field 'no_such'")
 
 
 def test_launch_help_exits_zero_with_the_fields():
