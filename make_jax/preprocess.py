@@ -9,7 +9,8 @@ open_clip's eval transform (resize_mode "shortest", interpolation "bicubic") on 
 - centre crop: box left = `int(round((w - size) / 2.0))`, top = `int(round((h - size) / 2.0))` (Python's round,
   half to even, as torchvision's `center_crop`);
 - RGB conversion after the crop (order matters for RGBA / palette images, as in open_clip);
-- uint8 → float32 / 255, then (x - mean) / std in float32.
+- uint8 → float32 / 255, then (x - mean) / std in float32 (`normalize_uint8`, torchvision's ToTensor + Normalize
+  in that order: the one normalisation of every image, at evaluation and in training).
 
 A checkpoint's `preprocess_cfg` may ask for open_clip's other eval modes, honoured here as open_clip does them:
 `interpolation` "bilinear" (or "bicubic"; "random" means bicubic at evaluation), `resize_mode` "squash" (resize
@@ -29,8 +30,6 @@ from PIL import Image
 # CLIP image normalisation constants (OpenAI CLIP; used by MAKE and open_clip for these models).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_MEAN255 = np.asarray(CLIP_MEAN, np.float32) * np.float32(255.0)
-_STD255 = np.asarray(CLIP_STD, np.float32) * np.float32(255.0)
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -89,9 +88,8 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 
 def to_normalized_array(image: Image.Image, mean: Sequence[float] = CLIP_MEAN,
                         std: Sequence[float] = CLIP_STD) -> np.ndarray:
-    """RGB PIL image → (H, W, 3) float32: uint8 / 255, then (x - mean) / std."""
-    x = np.asarray(image.convert("RGB"), dtype=np.uint8).astype(np.float32) / np.float32(255.0)
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    """RGB PIL image → (H, W, 3) float32, `normalize_uint8` of its pixels."""
+    return normalize_uint8(np.asarray(image.convert("RGB"), dtype=np.uint8), mean, std)
 
 
 def preprocess(image: Image.Image, image_size: int = 224, mean: Sequence[float] = CLIP_MEAN,
@@ -117,8 +115,11 @@ def eval_crop(image: Image.Image, image_size: int = 224, interpolation: str = "b
     return center_crop(resize_shorter(image, image_size, interpolation), image_size)
 
 
-def normalize_uint8(images):
-    """uint8 (..., 3) images (numpy or jax) → float32 CLIP-normalised, (x − 255·mean) / (255·std): the one
-    normalisation of training batches, on the host (pipeline `output="float32"`) and on device
-    (`train.forward.normalize_images`). Same arithmetic as `to_normalized_array` up to float32 rounding."""
-    return (images.astype(np.float32) - _MEAN255) / _STD255
+def normalize_uint8(images, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+    """uint8 (..., 3) images (numpy or jax) → float32 (x / 255 − mean) / std: the one image normalisation — of the
+    eval transform (`preprocess`), of training batches on the host (pipeline `output="float32"`) and on device
+    (`train.forward.normalize_images`). The float32 operations are torchvision's (`ToTensor` divides by 255,
+    `Normalize` subtracts the mean, then divides by the std), so the result equals open_clip's preprocessing bit
+    for bit; (x − 255·mean) / (255·std) would differ from it in the last bit (up to ~2.4e-7)."""
+    x = images.astype(np.float32) / np.float32(255.0)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

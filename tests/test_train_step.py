@@ -22,9 +22,9 @@ from make_jax.train.step import (ModelFunctions, forward_loss, init_train_state,
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"xla_backend_optimization_level": 0}
-# CLIP's normalisation (docs/data.md) on the 0-255 scale.
-CLIP_MEAN_255 = [0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255]
-CLIP_STD_255 = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]
+# CLIP's normalisation (docs/data.md), in torchvision's float32 order: x / 255, then (x - mean) / std.
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def _params(size="tiny"):
@@ -114,7 +114,7 @@ def test_train_step_matches_manual_update_and_clamps_logit_scale():
     # normalised with the CLIP constants written here, every (image, slot) text encoded, the loss given the
     # dense layout's owners and slots built here; then the SGD update and the clamp.
     b, n, length = batch["text_ids"].shape
-    images = ((batch["images"].astype(np.float32) - np.array(CLIP_MEAN_255)) / np.array(CLIP_STD_255)).astype(np.float32)
+    images = (batch["images"].astype(np.float32) / np.float32(255) - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
     owner = np.repeat(np.arange(b), n).astype(np.int32)  # row r = i * n + slot
     slot = np.tile(np.arange(n), b).astype(np.int32)
 
@@ -164,9 +164,7 @@ def test_clip_positives_encode_only_slot_zero():
 
 
 def _norm(images):
-    mean = np.array([0.48145466, 0.4578275, 0.40821073]) * 255
-    std = np.array([0.26862954, 0.26130258, 0.27577711]) * 255
-    return ((images.astype(np.float32) - mean) / std).astype(np.float32)
+    return (images.astype(np.float32) / np.float32(255) - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
 
 
 _SHARDED = textwrap.dedent("""
