@@ -131,6 +131,20 @@ class Issue:
         return {k: str(v) for k, v in asdict(self).items()}
 
 
+def _aspect(given: str | None, ex: Extraction | None, attr: str, found: Counter) -> tuple[str, str]:
+    """(value, source) of one aspect of a row (disease path or concept list): the CSV field when the row has it
+    ("field"), else what the extractor found (its source; `found` counts the rows where it found something),
+    else ("", "none")."""
+    if given is not None:
+        return given, "field"
+    if ex is None:
+        return "", "none"
+    value = getattr(ex, attr)
+    if value:
+        found[ex.source] += 1
+    return value, ex.source
+
+
 @dataclass
 class Summary:
     rows_read: int = 0
@@ -283,18 +297,8 @@ class KnowledgeBuilder:
         s = self.summary
         issues = list(p.issues)
         name = getattr(self.extractor, "source", "none") if self.extractor is not None else "none"
-        dpath, dsrc = p.disease_path, "field"
-        if dpath is None:
-            dsrc = ex.source if ex is not None else "none"
-            dpath = ex.disease_path if ex is not None else ""
-            if ex is not None and dpath:
-                s.disease_found[dsrc] += 1
-        conc, csrc = p.concepts, "field"
-        if conc is None:
-            csrc = ex.source if ex is not None else "none"
-            conc = ex.concept_list if ex is not None else ""
-            if ex is not None and conc:
-                s.concept_found[csrc] += 1
+        dpath, dsrc = _aspect(p.disease_path, ex, "disease_path", s.disease_found)
+        conc, csrc = _aspect(p.concepts, ex, "concept_list", s.concept_found)
         note = ex.note if (ex is not None and (p.disease_path is None or p.concepts is None)) else ""
         if note:
             action = "lexicon fallback" if "used the lexicon" in note else "note"

@@ -5,7 +5,8 @@ is found when one of its surface forms occurs as a whole word or phrase (case-in
 side break the match, hyphens do not: "erythematous-violaceous" finds erythema and purple). Surface forms are:
 the concept name (split at "/" and "(...)": "purpura/petechiae" -> purpura, petechiae), its synonyms from the
 JSON minus ``EXCLUDED_SYNONYMS`` (disease names and words too generic to mean the concept in free text, e.g.
-"dermatitis" listed under plaque), the hand-written derived forms of ``EXTRA_FORMS`` (erythematous -> erythema,
+"dermatitis" listed under plaque), the hand-written derived forms of ``EXTRA_FORMS`` (both read from
+``make_jax/resources/concept_forms.json``; erythematous -> erythema,
 scaly/scaling -> scale, crusted/crusting -> crust, papular -> papule, ...) and simple plurals (+s, +es,
 -a -> -ae, -y -> -ies, on the last word of a phrase). A surface form shared by two concepts belongs to the first
 one in the JSON's order. Matching is leftmost-longest; the result lists each concept once, in order of first
@@ -36,65 +37,13 @@ from make_jax.errors import InputError
 from make_jax.records.csv_io import is_missing, split_list_field
 
 # --- concept vocabulary --------------------------------------------------------------------------------------------
+#: make_jax/resources/concept_forms.json: the hand-written additions to ConceptTerms.json for text matching.
+_FORMS = json.loads(resources.files("make_jax.resources").joinpath("concept_forms.json").read_text(encoding="utf-8"))
 #: (concept, synonym) pairs of ConceptTerms.json not used for text matching, and why.
-EXCLUDED_SYNONYMS: dict[tuple[str, str], str] = {
-    ("plaque", "dermatitis"): "disease name",
-    ("plaque", "psoriasis"): "disease name",
-    ("erosion", "impetigo"): "disease name",
-    ("burrow", "scabies"): "disease name",
-    ("patch", "melasma"): "disease name",
-    ("patch", "vitiligo"): "disease name",
-    ("macule", "lentigo"): "disease name",
-    ("wheal", "urticaria"): "disease name",
-    ("sclerosis", "scleroderma"): "disease name",
-    ("sclerosis", "crest syndrome"): "disease name",
-    ("abscess", "swollen"): "too generic",
-    ("streaks", "regular"): "too generic",
-    ("streaks", "irregular"): "too generic",
-    ("dermoscope border", "dermoscopy"): "imaging modality, not a visible concept",
-}
-
+EXCLUDED_SYNONYMS: dict[tuple[str, str], str] = {(e["concept"], e["synonym"]): e["why"]
+                                                 for e in _FORMS["excluded_synonyms"]}
 #: Derived word forms (adjectives, participles, variant spellings) per concept, written by hand.
-EXTRA_FORMS: dict[str, tuple[str, ...]] = {
-    "erythema": ("erythematous", "erythemas"),
-    "scale": ("scaly", "scaling", "scaled", "scales"),
-    "crust": ("crusted", "crusting", "crusty"),
-    "papule": ("papular",),
-    "macule": ("macular", "macula", "maculae"),
-    "vesicle": ("vesicular", "vesiculation"),
-    "pustule": ("pustular",),
-    "nodule": ("nodular",),
-    "bulla": ("bullous", "bullae"),
-    "erosion": ("eroded", "erosive"),
-    "ulcer": ("ulceration", "ulcerative", "ulcerated"),
-    "atrophy": ("atrophic",),
-    "excoriation": ("excoriated",),
-    "lichenification": ("lichenified",),
-    "fissure": ("fissured", "fissuring", "fissure"),
-    "induration": ("indurated",),
-    "exudate": ("exudative", "exudation"),
-    "telangiectasia": ("telangiectatic", "telangiectases", "telangiectasias"),
-    "scar": ("scarring", "scarred"),
-    "umbilicated": ("umbilication",),
-    "xerosis": ("xerotic",),
-    "sclerosis": ("sclerotic",),
-    "purpura/petechiae": ("purpuric", "petechial", "petechia"),
-    "wheal": ("weal",),
-    "comedo": ("comedones", "comedonal"),
-    "cyst": ("cystic",),
-    "brown(hyperpigmentation)": ("brownish",),
-    "white(hypopigmentation)": ("whitish", "hypopigmented"),
-    "yellow": ("yellowish",),
-    "purple": ("purplish", "violaceous"),
-    "gray": ("grey", "grayish", "greyish"),
-    "black": ("blackish",),
-    "blue": ("bluish",),
-    "pink": ("pink",),
-    "red": ("reddish",),
-    "warty/papillomatous": ("verrucous",),
-    "dome-shaped": ("dome shaped",),
-    "flat topped": ("flat-topped",),
-}
+EXTRA_FORMS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _FORMS["extra_forms"].items()}
 
 NEGATION_CUES = (
     "no", "not", "without", "absence of", "absent", "lack of", "lacking", "free of", "negative for", "denies",
