@@ -21,7 +21,7 @@ from pathlib import Path
 
 from make_jax.atomic_io import check_writable
 from make_jax.checkpoint import orbax_io, readers
-from make_jax.checkpoint.open_clip_layout import open_clip_to_params, params_to_open_clip
+from make_jax.checkpoint.open_clip_layout import CheckpointError, open_clip_to_params, params_to_open_clip
 from make_jax.errors import InputError, one_line
 
 logger = logging.getLogger("make_jax.convert")
@@ -59,6 +59,9 @@ def export_open_clip(ckpt: str | Path, out: str | Path, *, overwrite: bool = Fal
     from safetensors.numpy import save_file
 
     cfg = orbax_io.read_config(ckpt)
+    if cfg.text.tower != "clip":  # before reading any weights
+        raise CheckpointError(f"{ckpt}: its text tower is {cfg.text.tower!r}; the open_clip layout holds the CLIP "
+                              "text tower only (keep the make_jax checkpoint; make_jax.load reads it)")
     params = orbax_io.load_params(ckpt, cfg, as_numpy=True)
     sd = params_to_open_clip(params, cfg)
     config = open_clip_config(cfg, orbax_io.read_preprocess_cfg(ckpt))

@@ -8,6 +8,8 @@ Layout of a checkpoint directory OUT (written by `python -m make_jax.convert`, r
       params/                Orbax (v1 API, `ocp.save`) checkpoint of the parameter tree
                              nnx.state(model, nnx.Param).to_pure_dict(): {"visual": {...}, "text": {...},
                              "logit_scale": ()} — float32, blocks stacked on a leading (L,) axis
+      vocab.txt              only for a WordPiece (BERT) text tower: its vocabulary; model_config.json names it
+                             relative to OUT (text.vocab_file "vocab.txt"), so OUT may be moved
       checksums.json         SHA-256 of every file above (make_jax.checkpoint.integrity), verified before a load
 
 Writes are atomic: everything goes to a temporary sibling directory `.OUT.tmp-*` that is renamed to OUT only
@@ -17,6 +19,7 @@ once complete, so OUT never holds a half-written checkpoint (an interrupted run 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +41,7 @@ logger = logging.getLogger("make_jax.checkpoint")
 CONFIG_FILE = "model_config.json"
 PREPROCESS_FILE = "preprocess_cfg.json"
 PARAMS_DIR = "params"
+VOCAB_FILE = "vocab.txt"  # a WordPiece tokenizer's vocabulary (BERT text tower), beside the parameters
 
 
 def _ocp():
@@ -187,12 +191,24 @@ def save_checkpoint(out: str | Path, params: Any, cfg: ModelConfig, *, preproces
         with _save_context():
             _ocp().save(tmp / PARAMS_DIR, tree, custom_metadata=dict(metadata or {}))
         if jax.process_index() == 0:
-            (tmp / CONFIG_FILE).write_text(cfg.to_json() + "\n")
+            (tmp / CONFIG_FILE).write_text(_with_own_vocab(cfg, tmp).to_json() + "\n")
             pp = {**DEFAULT_PREPROCESS_CFG, **(preprocess_cfg or {})}
             (tmp / PREPROCESS_FILE).write_text(json.dumps(pp, indent=2) + "\n")
             write_checksums(tmp, tmp / CHECKSUM_FILE)
     logger.info("wrote %s", out)
     return out
+
+
+def _with_own_vocab(cfg: ModelConfig, directory: Path) -> ModelConfig:
+    """`cfg` with its tokenizer's vocabulary file (WordPiece) copied into the checkpoint directory as VOCAB_FILE
+    and named relative to it, so the checkpoint tokenizes alike wherever it is moved (`read_config` resolves it)."""
+    if not cfg.text.vocab_file:
+        return cfg
+    src = Path(cfg.text.vocab_file)
+    if not src.is_file():
+        raise CheckpointError(f"{src}: the text tokenizer's vocabulary is missing; the checkpoint needs it")
+    shutil.copyfile(src, directory / VOCAB_FILE)
+    return cfg.replace(text=dataclasses.replace(cfg.text, vocab_file=VOCAB_FILE))
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -205,7 +221,11 @@ def read_config(path: str | Path) -> ModelConfig:
     if not is_checkpoint(path):
         raise CheckpointError(f"{path}: not a make_jax checkpoint directory (needs {CONFIG_FILE} and {PARAMS_DIR}/; "
                               "convert a PyTorch checkpoint with `python -m make_jax.convert SRC OUT`)")
-    return ModelConfig.from_json((path / CONFIG_FILE).read_text())
+    cfg = ModelConfig.from_json((path / CONFIG_FILE).read_text())
+    vocab = cfg.text.vocab_file
+    if vocab and not Path(vocab).is_absolute():  # the checkpoint's own copy (_with_own_vocab)
+        cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_file=str((path / vocab).absolute())))
+    return cfg
 
 
 def read_preprocess_cfg(path: str | Path) -> dict:
@@ -251,7 +271,7 @@ def load_params(path: str | Path, cfg: ModelConfig | None = None, *, as_numpy: b
     directory's model_config.json). Leaves are jax arrays on the default device, or numpy with `as_numpy`."""
     path = Path(path).absolute()
     cfg = cfg or read_config(path)
-    abstract = _unflatten({k: jax.ShapeDtypeStruct(s, np.float32) for k, s in param_tree_shapes(cfg).items()})
+    abstract = _unflatten({k: jax.ShapeDtypeStruct(s, np.float32) for k, s in expected_param_shapes(cfg).items()})
     return _restore(path, abstract, as_numpy)
 
 

@@ -35,6 +35,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,8 @@ from .transforms import TrainTransformConfig, decode_image, train_transform
 _PERM_STREAM = 0x5EED_0001
 _AUG_STREAM = 0x5EED_0002
 _FOREVER_EPOCHS = 10**9
+# The record fields that hold CLIP BPE ids (records.TEXT_IDS_TOKENIZER) or lengths counted in them.
+_CLIP_ID_FIELDS = ("text_ids", "text_lengths", "dagger_ids", "dagger_length")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class PipelineConfig:
     official_inputs:  feed the texts the public MAKE code feeds (``public_text_inputs``; the loss's official mode
                       sets it): ids for every slot, validity = the CSV masks. False: invalid slots are all-zero
                       ids that no loss term reads (paper mode).
+    tokenizer:        None: the records' stored ids (CLIP BPE, ``records.TEXT_IDS_TOKENIZER``, L ≤ 77). Otherwise
+                      the model's tokenizer (``tokenize_with_lengths(texts, L)``, e.g. BERT's WordPiece), applied
+                      to the slots' stored strings as the converter applies the CLIP one (an invalid slot: pad ids,
+                      length 0; validity as recorded); any L. The stored ids are then never read.
     """
 
     image_size: int = 224
@@ -83,16 +90,30 @@ class PipelineConfig:
     with_index: bool = False
     augment: TrainTransformConfig = field(default_factory=TrainTransformConfig)
     official_inputs: bool = False
+    tokenizer: Any = None
 
     def __post_init__(self):
-        if not 1 <= self.context_length <= CONTEXT_LENGTH:
-            raise ValueError(f"context_length must be in [1, {CONTEXT_LENGTH}], got {self.context_length}")
+        if self.tokenizer is None and not 1 <= self.context_length <= CONTEXT_LENGTH:
+            raise ValueError(f"context_length must be in [1, {CONTEXT_LENGTH}] (the records' stored ids), got "
+                             f"{self.context_length}")
+        if self.context_length < 1:
+            raise ValueError(f"context_length must be >= 1, got {self.context_length}")
         if self.slot0 not in ("raw", "dagger"):
             raise ValueError(f"slot0 must be 'raw' or 'dagger', got {self.slot0!r}")
         if self.output not in ("uint8", "float32"):
             raise ValueError(f"output must be 'uint8' or 'float32', got {self.output!r}")
         if self.image_size < 1:
             raise ValueError("image_size must be positive")
+
+
+def tokenize_slots(texts, valid: np.ndarray, tokenizer, context_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N, L), lengths (N,)) of the slots' strings by `tokenizer`, as the converter writes the CLIP ones: an
+    invalid slot gets pad ids and length 0."""
+    valid = np.asarray(valid, bool)
+    ids, lengths = tokenizer.tokenize_with_lengths([t if v else "" for t, v in zip(texts, valid)], context_length)
+    ids[~valid] = tokenizer.pad_token_id
+    lengths[~valid] = 0
+    return ids, lengths
 
 
 def trim_text_ids(ids: np.ndarray, lengths: np.ndarray, context_length: int) -> np.ndarray:
@@ -207,24 +228,37 @@ class ExampleLoader:
                 "text_valid": np.zeros((NUM_SLOTS,), bool),
             }
         else:
+            tok = cfg.tokenizer
             fields = PIPELINE_FIELDS + (("texts", "mask_csv") if cfg.official_inputs else ())
-            rec = decode_record(self.source[index], fields)
+            if tok is not None:  # the strings, never the stored CLIP ids or their lengths
+                fields = tuple(f for f in fields if f not in _CLIP_ID_FIELDS) + ("texts", "dagger_text")
+            rec = decode_record(self.source[index], tuple(dict.fromkeys(fields)))
             img = decode_image(rec["image"])
             if self.train:
                 image = train_transform(img, self.example_rng(epoch, index), self.augment)
             else:
                 image = np.asarray(eval_crop(img, S), np.uint8)
-            ids, lengths, valid = rec["text_ids"], rec["text_lengths"], rec["text_valid"]
+            valid = rec["text_valid"]
+            if tok is None:
+                ids, lengths = rec["text_ids"], rec["text_lengths"]
+            else:
+                ids, lengths = tokenize_slots(rec["texts"], valid, tok, L)
             if cfg.official_inputs:
                 from make_jax.tokenizer import get_tokenizer
 
                 ids, lengths, valid = public_text_inputs(ids, lengths, valid, rec["texts"], rec["mask_csv"],
-                                                         get_tokenizer())
+                                                         tok or get_tokenizer())
             if cfg.slot0 == "dagger":
-                ids[SLOT_RAW] = rec["dagger_ids"]
-                lengths[SLOT_RAW] = rec["dagger_length"]
-                valid[SLOT_RAW] = rec["dagger_length"] > 0
-            out = {"images": image, "text_ids": trim_text_ids(ids, lengths, L), "text_valid": valid}
+                if tok is None:
+                    d_ids, d_length = rec["dagger_ids"], rec["dagger_length"]
+                else:
+                    d_ids, d_length = (x[0] for x in tok.tokenize_with_lengths([rec["dagger_text"]], L))
+                ids[SLOT_RAW] = d_ids
+                lengths[SLOT_RAW] = d_length
+                valid[SLOT_RAW] = d_length > 0
+            if tok is None:
+                ids = trim_text_ids(ids, lengths, L)
+            out = {"images": image, "text_ids": ids, "text_valid": valid}
         if cfg.output == "float32":
             out["images"] = normalize_uint8(out["images"])
         if not self.train:

@@ -22,7 +22,8 @@ image                  bytes (JPEG     the image, shorter side resized to the co
                        or PNG)         (never upscaled), RGB
 image_height/width     int32           size of the stored image
 original_height/width  int32           size of the source image file
-text_ids               int32 (N, L)    CLIP BPE ids of each slot's text (zeros where the slot is invalid)
+text_ids               int32 (N, L)    CLIP BPE ids (``TEXT_IDS_TOKENIZER``) of each slot's text (zeros where
+                                       the slot is invalid); a model with another tokenizer reads ``texts``
 text_lengths           int32 (N,)      non-pad tokens (SOT and EOT included, ≤ L); 0 where invalid
 text_valid             bool (N,)       CSV mask AND non-empty text
 mask_csv               bool (N,)       the CSV masks as written ([raw, disease, concept] + 8 subtexts); all
@@ -49,6 +50,10 @@ import numpy as np
 from .schema import DERM1M_COLUMNS, NUM_SLOTS
 
 CONTEXT_LENGTH = 77
+#: The tokenizer (make_jax.models.config.TOKENIZERS) of ``text_ids`` / ``dagger_ids``: every record holds CLIP BPE
+#: ids at ``CONTEXT_LENGTH``. The pipeline hands them only to a model with this tokenizer; for any other it
+#: tokenizes the stored strings (``texts``, ``dagger_text``) with the model's tokenizer (PipelineConfig.tokenizer).
+TEXT_IDS_TOKENIZER = "clip_bpe"
 DEFAULT_NAME = "make_derm"
 FILE_FORMAT = "array_record"
 TRAIN, VALIDATION = "train", "validation"

@@ -155,8 +155,10 @@ class ModelConfig:
 
     # ---- open_clip's `model_cfg` --------------------------------------------------------------------------
     def to_open_clip(self) -> dict:
-        """open_clip `model_cfg` dict (plus `quick_gelu`) describing the same network."""
+        """open_clip `model_cfg` dict (plus `quick_gelu`) describing the same network (CLIP text tower only)."""
         v, t = self.vision, self.text
+        if t.tower != "clip":
+            raise ValueError(f"text.tower {t.tower!r} has no open_clip model_cfg here (the CLIP text tower only)")
         if v.width // v.heads != 64:
             # open_clip derives vision heads from head_width; keep the ratio explicit when it is not the default.
             vision_cfg = {"head_width": v.width // v.heads}

@@ -70,13 +70,39 @@ class RunOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-    """A preset of make_jax.models.config.PRESETS and the numerics that may differ from it."""
+    """A preset of make_jax.models.config.PRESETS, the numerics that may differ from it, and its text tower.
+
+    text_tower: the model's `TextConfig.tower` — "clip" (the preset's causal tower, CLIP BPE ids) or "bert" (a
+    bidirectional BERT encoder pooled at [CLS], WordPiece ids; make_jax/train/text_tower.py, docs/training.md).
+    text_init: "bert" only — a Hugging Face BertModel directory (config.json, weights, vocab.txt, e.g.
+    BiomedBERT): the tower's geometry, vocabulary and initial weights; config.init_from then gives the image tower
+    and logit_scale (a checkpoint with the same image tower, or "scratch").
+    text_vocab: "bert" only, instead of text_init — a WordPiece vocab.txt for a tower trained from scratch (the
+    preset's text geometry with this vocabulary).
+    """
 
     name: str = "ViT-B-16"
     dtype: str = "bfloat16"
     remat: bool | str = True  # or one tower: 'vision' / 'text'
     attention: str = "auto"
     activation: str = "quick_gelu"
+    text_tower: str = "clip"
+    text_init: str = ""
+    text_vocab: str = ""
+
+    def __post_init__(self):
+        from make_jax.models.config import TEXT_TOWERS
+
+        if self.text_tower not in TEXT_TOWERS:
+            raise ConfigError(f"config.model.text_tower must be one of {TEXT_TOWERS}, got {self.text_tower!r}")
+        if self.text_tower == "clip" and (self.text_init or self.text_vocab):
+            field = "text_init" if self.text_init else "text_vocab"
+            raise ConfigError(f"config.model.{field} is for text_tower='bert'; text_tower is 'clip' (whose "
+                              "tokenizer, the CLIP BPE, is shipped)")
+        if self.text_tower == "bert" and bool(self.text_init) == bool(self.text_vocab):
+            raise ConfigError("config.model.text_tower='bert' needs exactly one of config.model.text_init (a "
+                              "Hugging Face BertModel directory) and config.model.text_vocab (a WordPiece "
+                              "vocab.txt, from scratch)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +293,10 @@ def check_paths(options: TrainOptions) -> None:
         resolve_dataset_dir(options.data.records)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"config.data.records: {e}") from None
+    if options.model.text_tower != "clip":  # the BERT directory or vocabulary the text tower is built from
+        from make_jax.train.text_tower import text_config_from
+
+        text_config_from(options)
     for e in options.evals:  # the files and folders an evaluation reads (other options are checked by the task)
         for key, value in e.options.items():
             if key in _EVAL_FILES and isinstance(value, str) and not Path(value).is_file():

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 def pipeline_config(config):
     """`config.data` → PipelineConfig; `config.data.augment` holds every TrainTransformConfig field but `size`
-    (which is `data.image_size`)."""
+    (which is `data.image_size`). A text tower whose tokenizer is not the records' (a BERT tower) gets its own
+    tokenizer: the pipeline then tokenizes the records' strings (make_jax.train.text_tower)."""
     from make_jax.data.pipeline import PipelineConfig
     from make_jax.data.transforms import TrainTransformConfig
+    from make_jax.train.text_tower import pipeline_tokenizer, text_config_from
 
     d = config.data
     augment = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in d.augment.items()}
     return PipelineConfig(image_size=d.image_size, context_length=d.context_length, slot0=d.slot0, output="uint8",
                           seed=config.seed, num_workers=d.workers, prefetch_batches=d.prefetch,
                           read_threads=d.read_threads, augment=TrainTransformConfig(**augment),
-                          official_inputs=config.loss.mode == "official")
+                          official_inputs=config.loss.mode == "official",
+                          tokenizer=pipeline_tokenizer(text_config_from(config)))
 
 
 def make_train_data(config, process_index: int, process_count: int):

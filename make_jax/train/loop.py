@@ -49,10 +49,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 def model_config_from(config) -> ModelConfig:
-    """The preset `config.model.name` with the config's numerics; a SigLIP loss (loss.objective 'sigmoid') adds the
-    learnable `logit_bias` and SigLIP's initial (t, b) = (log 10, -10)."""
+    """The preset `config.model.name` with the config's numerics and text tower (make_jax.train.text_tower); a
+    SigLIP loss (loss.objective 'sigmoid') adds the learnable `logit_bias` and SigLIP's initial (t, b) =
+    (log 10, -10)."""
+    from make_jax.train.text_tower import text_config_from
+
     m = config.model
     overrides = dict(dtype=m.dtype, remat=m.remat, attention=m.attention, activation=m.activation)
+    text = text_config_from(config)
+    if text is not None:
+        overrides["text"] = text
     if config.loss.objective == "sigmoid":
         overrides.update(init_logit_scale=SIGLIP_LOGIT_SCALE_INIT, init_logit_bias=SIGLIP_LOGIT_BIAS_INIT)
     return get_model_config(m.name, **overrides)
@@ -88,14 +94,18 @@ def initial_params(config, model_cfg: ModelConfig, params):
     initialisation: a bias of -10 only makes sense with the temperature it was chosen for. A softmax run started
     from a SigLIP checkpoint drops its bias."""
     check_init_from(config)
+    from make_jax.train.text_tower import text_geometry, with_text_init
+
     if config.init_from == INIT_SCRATCH:
         logger.info("initialising from scratch (config.init_from=scratch)")
-        return params
+        return with_text_init(config, params, model_cfg.text)
     from make_jax.checkpoint import hub
 
     # a converted checkpoint, or any reference make_jax.load takes (registry name, hf-hub:, open_clip/HF dir)
     src_cfg, loaded, _ = hub.load_params(config.init_from)
-    geometry = lambda c: (c.embed_dim, c.vision, c.text)  # noqa: E731 - numerics may differ, geometry may not
+    # numerics may differ, geometry may not; with config.model.text_init the text tower comes from there
+    text_init = bool(config.model.get("text_init"))
+    geometry = lambda c: (c.embed_dim, c.vision) + (() if text_init else (text_geometry(c.text),))  # noqa: E731
     if geometry(src_cfg) != geometry(model_cfg):
         raise ValueError(f"init_from {config.init_from}: its model geometry differs from config.model "
                          f"({src_cfg.to_dict()} vs {model_cfg.to_dict()})")
@@ -104,7 +114,9 @@ def initial_params(config, model_cfg: ModelConfig, params):
         loaded["logit_scale"], loaded["logit_bias"] = params["logit_scale"], params["logit_bias"]
     elif "logit_bias" not in params:
         loaded.pop("logit_bias", None)
-    return loaded
+    if text_init:  # the image tower and logit_scale from init_from, the text tower from text_init
+        loaded["text"] = params["text"]
+    return with_text_init(config, loaded, model_cfg.text)
 
 
 def packing_config(config, loss_cfg: LossConfig, microbatches: int, model_cfg: ModelConfig):
