@@ -8,6 +8,7 @@ what it cannot honour."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import string
@@ -364,3 +365,20 @@ def test_text_init_with_a_clip_checkpoint_for_the_image_tower(bert_dir, tmp_path
     c.model.update(text_init="", text_vocab=str(bert_dir / "vocab.txt"))
     with pytest.raises(ValueError, match="geometry differs"):
         initial_params(c, model_config_from(c), fresh_params)
+
+
+@pytest.mark.parametrize("slot0,official", [("raw", False), ("dagger", True)])
+def test_pipeline_tokenizing_the_strings_gives_the_converters_ids(synthderm_small, slot0, official):
+    """The pipeline's tokenization of the records' strings (the path a BERT tower takes), run with the CLIP
+    tokenizer, gives exactly the batches of the stored ids the converter wrote: same slots, same validity, same
+    padding of invalid slots, the dagger text in slot 0, the public code's inputs in official mode."""
+    from make_jax.data.pipeline import PipelineConfig, train_dataset
+    from make_jax.tokenizer import get_tokenizer
+
+    _, records = synthderm_small
+    cfg = PipelineConfig(image_size=32, context_length=12, slot0=slot0, official_inputs=official, prefetch_batches=0)
+    stored = next(iter(train_dataset(records, 8, cfg)))
+    strings = next(iter(train_dataset(records, 8, dataclasses.replace(cfg, tokenizer=get_tokenizer()))))
+    for k in stored:
+        np.testing.assert_array_equal(strings[k], stored[k], err_msg=k)
+    assert stored["text_valid"].any() and not stored["text_valid"].all()  # both kinds of slot are compared
