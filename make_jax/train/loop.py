@@ -107,7 +107,7 @@ def initial_params(config, model_cfg: ModelConfig, params):
     text_init = bool(config.model.get("text_init"))
     geometry = lambda c: (c.embed_dim, c.vision) + (() if text_init else (text_geometry(c.text),))  # noqa: E731
     if geometry(src_cfg) != geometry(model_cfg):
-        raise ValueError(f"init_from {config.init_from}: its model geometry differs from config.model "
+        raise InitFromError(f"init_from {config.init_from}: its model geometry differs from config.model "
                          f"({src_cfg.to_dict()} vs {model_cfg.to_dict()})")
     logger.info("initialising from %s", config.init_from)
     if "logit_bias" in params and "logit_bias" not in loaded:
