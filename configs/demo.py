@@ -10,7 +10,8 @@ concept and retrieval sets (WORKDIR/eval.json). Rerunning resumes from WORKDIR's
 
 from configs import eval_synthderm
 from configs.common import base_config
-from make_jax.train.config import SynthDermOptions, section
+from make_jax.synthderm.prepare import SynthDermOptions
+from make_jax.train.config import section
 
 
 def get_config():

@@ -488,3 +488,31 @@ def test_cli_jpeg(tmp_path):
     assert man["config"]["image_format"] == "jpg" and man["classnames"] == list(vocab.CLASSNAMES)
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "overwrite" in again.stderr
+
+
+def test_prepare_step_hands_every_generator_field_to_the_generator(tmp_path, monkeypatch):
+    """`config.prepare.synthderm` declares no generator field of its own (they are SynthDermConfig's): each one a
+    config sets reaches the generator as given, and a value the generator refuses is refused by the config check
+    in one line that names it."""
+    sys.path.insert(0, ROOT)  # the configs package
+    from configs.demo import get_config
+    from make_jax.synthderm import prepare as step
+    from make_jax.train.config import ConfigError, check_config
+    from make_jax.train.prepare import run_prepare
+
+    given = dict(seed=7, num_train=3, num_val=1, num_zeroshot=5, num_concepts=4, num_retrieval=2,
+                 captions_per_image=2, image_size=24, image_format="jpg", p_no_disease=0.5, p_no_concepts=0.25,
+                 p_release_disease_unmentioned=0.75)  # every field, none at its default
+    assert set(given) == {f.name for f in dataclasses.fields(SynthDermConfig)}
+    assert all(given[f.name] != f.default for f in dataclasses.fields(SynthDermConfig))
+    config = get_config()
+    config.prepare.synthderm.update(given, out=str(tmp_path / "sd"))
+    config.data.records = str(tmp_path / "given")  # a dataset the user named: the step only generates
+    seen = {}
+    monkeypatch.setattr(step, "generate", lambda root, cfg, **kw: seen.update(root=root, cfg=cfg))
+    assert check_config(config).prepare["synthderm"].num_zeroshot == 5
+    run_prepare(config)
+    assert seen == {"root": tmp_path / "sd", "cfg": SynthDermConfig(**given)}
+    config.prepare.synthderm.num_concepts = -1
+    with pytest.raises(ConfigError, match=r"^config\.prepare\.synthderm: num_concepts must be >= 0, got -1$"):
+        check_config(config)

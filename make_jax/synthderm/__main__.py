@@ -35,19 +35,19 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if a.captions_per_image < 1:
         p.error("--captions-per-image must be >= 1")
-    cfg = SynthDermConfig(
-        seed=a.seed,
-        num_train=a.num_train,
-        num_val=a.num_val,
-        num_zeroshot=a.num_zeroshot,
-        num_concepts=a.num_concepts,
-        num_retrieval=a.num_retrieval,
-        captions_per_image=a.captions_per_image,
-        image_size=a.image_size,
-        image_format=a.format,
-    )
     t0 = time.perf_counter()
     try:
+        cfg = SynthDermConfig(
+            seed=a.seed,
+            num_train=a.num_train,
+            num_val=a.num_val,
+            num_zeroshot=a.num_zeroshot,
+            num_concepts=a.num_concepts,
+            num_retrieval=a.num_retrieval,
+            captions_per_image=a.captions_per_image,
+            image_size=a.image_size,
+            image_format=a.format,
+        )
         generate(a.out, cfg, workers=max(1, a.workers), progress=not a.quiet, overwrite=a.overwrite)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

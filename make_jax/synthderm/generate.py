@@ -44,6 +44,20 @@ class SynthDermConfig:
     # the Derm1M-like release knows the disease of a row whose caption does not name it with this probability
     p_release_disease_unmentioned: float = 0.45
 
+    def __post_init__(self):
+        for name in ("num_train", "num_val", "num_zeroshot", "num_concepts", "num_retrieval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.captions_per_image < 1:
+            raise ValueError(f"captions_per_image must be >= 1, got {self.captions_per_image}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if self.image_format not in ("png", "jpg"):
+            raise ValueError(f"image_format must be 'png' or 'jpg', got {self.image_format!r}")
+        for name in ("p_no_disease", "p_no_concepts", "p_release_disease_unmentioned"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
 
 # ------------------------------------------------------------------------------------------------ planning
 

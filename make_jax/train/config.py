@@ -175,24 +175,6 @@ class PrepareSteps:
     optional sub-section below."""
 
 
-@dataclasses.dataclass(frozen=True)
-class SynthDermOptions:
-    """`config.prepare.synthderm` (make_jax/synthderm/prepare.py): SynthDerm generated into `out` when absent and
-    converted into `records` with images stored at `shorter_side` — unless config.data.records names a dataset."""
-
-    out: str = "data/synthderm"
-    records: str = "data/synthderm/records"
-    seed: int = 0
-    num_train: int = 2000
-    num_val: int = 200
-    image_size: int = 80
-    shorter_side: int = 256
-
-    def __post_init__(self):
-        _positive(self, "num_train", "image_size", "shorter_side", section="prepare.synthderm")
-        _non_negative(self, "num_val", section="prepare.synthderm")
-
-
 # Section path → (dataclass, fields of it that are not config fields). "" is the top level.
 SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "": (RunOptions, ()),
@@ -203,10 +185,6 @@ SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "optim": (OptimOptions, ()),
     "packing": (PackingOptions, ()),
     "prepare": (PrepareSteps, ()),
-}
-# Sections a config may add (demo, ablation); absent means "not used".
-OPTIONAL_SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
-    "prepare.synthderm": (SynthDermOptions, ()),
 }
 # Top-level scalars a config may add: the ablation row (a label) and the rows of a sweep.
 OPTIONAL_FIELDS: dict[str, type] = {"row": str, "sweep_rows": str}
@@ -238,22 +216,20 @@ class TrainOptions:
     optim: OptimOptions
     packing: PackingOptions
     evals: tuple  # of make_jax.evaluate.suite.EvalEntry
-    synthderm: SynthDermOptions | None
+    prepare: dict  # step name -> its options (the step's OPTIONS dataclass, make_jax/train/prepare.py)
 
 
 def check_config(config) -> TrainOptions:
     """Every field of `config` (a ConfigDict or nested dict) checked against the schema; raises `ConfigError`
     (one line naming the field) for an unknown, missing, mistyped or out-of-range field."""
     tree = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    every = {**SECTIONS, **OPTIONAL_SECTIONS}
+    steps = _prepare_sections(tree)
+    every = {**SECTIONS, **steps}
     typed = {}
     for path, (cls, exclude) in every.items():
         node = tree
         for part in filter(None, path.split(".")):
             node = node.get(part) if isinstance(node, dict) else None
-        if node is None and path in OPTIONAL_SECTIONS:
-            typed[path] = None
-            continue
         if not isinstance(node, dict):
             raise ConfigError(f"config.{path}: missing section (start from configs/common.base_config())")
         children = {p for p in every if p and "." not in p} if not path else \
@@ -266,7 +242,21 @@ def check_config(config) -> TrainOptions:
                 raise ConfigError(f"config.{name} must be a {kind.__name__}, got {node[name]!r}")
     return TrainOptions(run=typed[""], model=typed["model"], loss=typed["loss"], data=typed["data"],
                         augment=typed["data.augment"], optim=typed["optim"], packing=typed["packing"],
-                        evals=_evals(tree), synthderm=typed["prepare.synthderm"])
+                        evals=_evals(tree), prepare={p.split(".", 1)[1]: typed[p] for p in steps})
+
+
+def _prepare_sections(tree: dict) -> dict[str, tuple[type, tuple[str, ...]]]:
+    """`prepare.STEP` → (the step's OPTIONS dataclass, ()) for each step the config asks for: each step declares
+    its own fields (make_jax/train/prepare.py), so this schema holds none of them."""
+    from make_jax.train.prepare import STEPS, options_class
+
+    steps = tree.get("prepare")
+    if not isinstance(steps, dict):
+        return {}  # missing: reported with the other sections
+    for name in steps:
+        if name not in STEPS:
+            raise ConfigError(f"config.prepare.{name}: unknown preparation step (known: {', '.join(sorted(STEPS))})")
+    return {f"prepare.{name}": (options_class(name), ()) for name in steps}
 
 
 def _evals(tree: dict) -> tuple:
