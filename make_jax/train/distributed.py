@@ -121,3 +121,39 @@ def broadcast_json(value):
     padded = np.zeros(size, np.uint8)
     padded[:data.size] = data
     return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes().decode())
+
+
+def allgather_host(value):
+    """Every process's small host array `value` (the same shape and dtype on all), stacked: (P, ...) — how the
+    processes agree on a per-step host decision (the packing tier and buckets; `train.packing.agree_pack` is
+    symmetric, so the order of the rows does not matter). One process: value[None], no device work."""
+    import jax
+    import numpy as np
+
+    value = np.asarray(value)
+    if jax.process_count() == 1:
+        return value[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value))
+
+
+def process_block(sharding) -> tuple[int, int]:
+    """(k, P): the rows this process gives a batch-sharded global array (`jax.make_array_from_process_local_data`)
+    are block k of its P equal blocks (P the process count). Read from the sharding, not assumed to be the
+    process index: the devices of a mesh need not be in process order. Raises when this process's devices do not
+    hold one contiguous block (a mesh this layout cannot describe)."""
+    import jax
+
+    count = jax.process_count()
+    if count == 1:
+        return 0, 1
+    n = jax.device_count()  # a local block of n rows: every data-axis size divides the global n·P
+    held = set()
+    for index in sharding.addressable_devices_indices_map((n * count,)).values():
+        held.update(range(*index[0].indices(n * count)))
+    k = min(held) // n
+    if held != set(range(k * n, (k + 1) * n)):
+        raise ValueError(f"process {jax.process_index()}'s devices do not hold one contiguous block of the batch; "
+                         "packed rows cannot be indexed globally with this mesh")
+    return k, count

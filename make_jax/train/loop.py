@@ -9,6 +9,7 @@ an uninterrupted one would have.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -28,7 +29,7 @@ from make_jax.losses import LossConfig
 from make_jax.losses.siglip import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT
 from make_jax.models import ModelConfig, create_model, get_model_config
 from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
-from make_jax.train.distributed import initialize_from_environment
+from make_jax.train.distributed import allgather_host, broadcast_json, initialize_from_environment, process_block
 from make_jax.train.config import ConfigError, check_config, check_paths, check_steps
 from make_jax.train.flops import peak_flops, train_flops_per_image
 from make_jax.train.metrics_writer import MetricWriter
@@ -120,22 +121,24 @@ def initial_params(config, model_cfg: ModelConfig, params):
 
 
 def packing_config(config, loss_cfg: LossConfig, microbatches: int, model_cfg: ModelConfig):
-    """The PackConfig of `config.packing` (None when off). Packing needs paper mode and one process (every
-    process would otherwise have to agree on the budgets and offset its owners)."""
+    """The PackConfig of `config.packing` (None when off; paper mode only). Its budgets are per process: process
+    0 sizes them from its own sample batches (B/P images each) and every process takes process 0's."""
     p = config.packing
     if not p.enabled:
         return None
     if loss_cfg.mode != "paper":
         raise ValueError("config.packing needs loss.mode='paper': official mode uses the dense layout")
-    if jax.process_count() > 1:
-        raise ValueError("config.packing is single-process only for now; turn it off for multi-host runs")
     from make_jax.train.data import sample_batches
-    from make_jax.train.packing import suggest_pack_config
+    from make_jax.train.packing import PackConfig, suggest_pack_config
 
-    samples = sample_batches(config, p.sample_batches)
-    pack = suggest_pack_config(samples, quantile=p.quantile, multiple_of=jax.device_count() * microbatches,
-                               dedup=p.dedup, groups=tuple(p.groups), loss_config=loss_cfg,
-                               text=model_cfg.text)
+    pack = None
+    if jax.process_index() == 0:
+        # multiple of the local devices × micro-batches: each process's rows are one block of the global arrays
+        pack = suggest_pack_config(sample_batches(config, p.sample_batches), quantile=p.quantile,
+                                   multiple_of=jax.local_device_count() * microbatches, dedup=p.dedup,
+                                   groups=tuple(p.groups), loss_config=loss_cfg, text=model_cfg.text)
+        pack = dataclasses.asdict(pack)
+    pack = PackConfig(**broadcast_json(pack))
     logger.info("text packing: %s", pack)
     return pack
 
@@ -206,6 +209,10 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     step_impl = select_train_step(fns, optimizer, loss_cfg, schedule, microbatches)
     step_fn = jit_train_step(step_impl, mesh, state)
     sharding = batch_sharding(mesh)
+    if pack is not None:
+        from make_jax.train.packing import pack_process_batch
+
+        block, blocks = process_block(sharding)
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard)
     log_every = config.log_every
     ckpt_every = config.checkpoint_every
@@ -228,10 +235,9 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     try:
         while step < end and not stop.requested:
             host_batch = next(data_iter)
-            if pack is not None:
-                from make_jax.train.packing import pack_batch
-
-                host_batch, pack_stats = pack_batch(host_batch, pack, loss_cfg, model_cfg.text)
+            if pack is not None:  # every process packs at one agreed shape (train/packing.py)
+                host_batch, pack_stats = pack_process_batch(host_batch, pack, loss_cfg, model_cfg.text,
+                                                            block=block, blocks=blocks, gather=allgather_host)
                 dropped_texts += pack_stats["dropped"]
             batch = _global_batch(host_batch, sharding)
             state, metrics = step_fn(state, batch)

@@ -43,9 +43,13 @@ dense batch when the budgets are multiples of the device count):
     row_slot   (M,) int32     slot (0 raw, 1 disease, 2 concept, 3.. subtexts)
     row_valid  (M,) bool      False on padding rows
 
-Multi-process training: each process must use the same tier and buckets for the global arrays to have one
-shape; pack with a single tier and ``buckets=None`` there (or agree on the maximum across processes first), and
-offset ``row_owner`` by the process's first image. This module packs one process's batch.
+Multi-process training (``pack_process_batch``): each process packs its own rows, and the global arrays are the
+concatenation of the processes' parts, so every process must pack at the same shape. Before each step the
+processes gather each other's needs (``BatchPlan.request``: per tier, whether it fits and each group's bucket) and
+all pack at ``agree_pack``'s answer: the first tier that holds every process's batch, and per group the longest
+bucket any process needs (both exact: more padding). The budgets are per process (M rows of each process's
+B/P images; every process uses process 0's PackConfig), and the overflow rule applies per process to its own
+rows. ``row_owner`` and ``row_text`` are then offset to the global images and encodings (``globalize_rows``).
 """
 
 from __future__ import annotations
@@ -237,6 +241,152 @@ def _drops_needed(n_rows: int, m_budget: int, drop_order: np.ndarray, inverse: n
     return d
 
 
+class BatchPlan:
+    """One process's dense batch read into its valid loss rows — the costly part of packing (canonical ids,
+    de-duplication, lengths), done once — from which it is packed at any tier and buckets (`pack`): the choice
+    that the processes of a multi-process job agree on first (`request`, `agree_pack`)."""
+
+    def __init__(self, batch: dict, config: PackConfig, loss_config: LossConfig = LossConfig(),
+                 text: TextConfig = TextConfig()):
+        if loss_config.mode != "paper":
+            raise ValueError("packed batches need paper mode; official mode uses the dense layout")
+        check_buckets(config, text)
+        ids = np.asarray(batch["text_ids"])
+        valid = np.asarray(batch["text_valid"]).astype(bool)
+        b, n, length = ids.shape
+        n_used = loss_config.slots_used(n)
+        rows = np.flatnonzero(valid[:, :n_used].ravel())  # sample-major row numbers of the valid rows
+        self.batch, self.config, self.text = batch, config, text
+        self.num_images, self.context_length = b, length
+        self.owner = (rows // n_used).astype(np.int32)
+        self.slot = (rows % n_used).astype(np.int32)
+        self.flat = canonical_ids(ids[:, :n_used].reshape(b * n_used, length)[rows], text)
+        self.lengths = text_lengths(self.flat, text)
+        self.n_valid = rows.size
+        self.n_unique = self.n_valid
+        self.first = self.inverse = None
+        if config.dedup:
+            self.first, self.inverse = unique_rows(self.flat)
+            self.n_unique = self.first.size
+        self.last_tier = len(config.row_budgets) - 1
+        # the first tier that holds every valid row and unique text; None: the last tier, after drops
+        self.own_tier = next((t for t in range(self.last_tier + 1) if self.fits(t)), None)
+        self._kept = {}
+
+    def fits(self, tier: int) -> bool:
+        """Whether `tier` holds every valid row (and unique text) without dropping."""
+        c = self.config
+        return self.n_valid <= c.row_budgets[tier] and (not c.dedup or self.n_unique <= c.unique_budgets[tier])
+
+    def kept(self, tier: int) -> dict:
+        """The rows packed at `tier`: all valid rows where it fits, else (last tier only) what the overflow rule
+        keeps. owner, slot (K,); enc (E', L) the texts to encode; row_enc (K,) each row's text; enc_lengths (E',)."""
+        if tier in self._kept:
+            return self._kept[tier]
+        c = self.config
+        owner, slot, flat, lengths = self.owner, self.slot, self.flat, self.lengths
+        first, inverse, n_unique, dropped = self.first, self.inverse, self.n_unique, 0
+        if not self.fits(tier):
+            if tier != self.last_tier:
+                raise ValueError(f"tier {tier} (row budget {c.row_budgets[tier]}) does not hold this batch's "
+                                 f"{self.n_valid} rows / {self.n_unique} unique texts and is not the last tier")
+            order = subtext_drop_order(owner, slot)
+            u_budget = c.unique_budgets[tier] if c.dedup else None
+            dropped = _drops_needed(self.n_valid, c.row_budgets[tier], order, inverse, n_unique, u_budget)
+            keep = np.ones(self.n_valid, bool)
+            keep[order[:dropped]] = False
+            owner, slot, flat, lengths = owner[keep], slot[keep], flat[keep], lengths[keep]
+            if c.dedup:
+                first, inverse = unique_rows(flat)
+                n_unique = first.size
+            else:
+                n_unique = flat.shape[0]
+        if c.dedup:
+            enc, row_enc, enc_lengths = flat[first], inverse, lengths[first]
+        else:
+            enc, row_enc, enc_lengths = flat, np.arange(flat.shape[0]), lengths
+        self._kept[tier] = dict(owner=owner, slot=slot, enc=enc, row_enc=row_enc, enc_lengths=enc_lengths,
+                                n_unique=int(n_unique), dropped=int(dropped))
+        return self._kept[tier]
+
+    def _groups(self, tier: int):
+        """(lengths (E,) of the encoded slots, padding 0; order (E,): encoded position p holds text order[p])."""
+        lens = np.zeros(self.config.encoded_budget(tier), np.int32)
+        k = self.kept(tier)
+        lens[:k["enc"].shape[0]] = k["enc_lengths"]
+        return lens, np.argsort(lens, kind="stable")  # sorted by length, padding first
+
+    def buckets(self, tier: int) -> tuple[int, ...]:
+        """The shortest bucket of each length group at `tier` (non-decreasing over the groups)."""
+        lens, order = self._groups(tier)
+        out, start = [], 0
+        for size in self.config.group_sizes(tier):
+            idx = order[start:start + size]
+            out.append(choose_bucket(max(int(lens[idx].max()), 1), self.config.buckets, self.context_length))
+            start += size
+        return tuple(out)
+
+    def request(self) -> np.ndarray:
+        """What this process needs, for the processes to agree on (`agree_pack`): (T, 2 + G) int32, per tier t
+        [fits without dropping (0/1), subtext rows the overflow rule drops at t, then the bucket of each group
+        at t]; a tier that does not fit and is not the last has zeros after its 0 (it cannot be chosen)."""
+        c = self.config
+        out = np.zeros((self.last_tier + 1, 2 + len(c.groups)), np.int32)
+        for t in range(self.last_tier + 1):
+            out[t, 0] = self.fits(t)
+            if out[t, 0] or t == self.last_tier:
+                out[t, 1] = self.kept(t)["dropped"]
+                out[t, 2:] = self.buckets(t)
+        return out
+
+    def pack(self, tier: int | None = None, buckets: Sequence[int] | None = None) -> tuple[dict, dict]:
+        """(packed batch, stats) at `tier` and `buckets` (None: this batch's own — the first tier that fits, or the
+        last; the shortest bucket of each group). A given tier must hold the batch unless it is the last (then the
+        overflow rule drops subtexts); given buckets must be allowed ones, no shorter than the batch's own (a
+        longer bucket is exact: only trailing padding is added)."""
+        c, length = self.config, self.context_length
+        if tier is None:
+            tier = self.last_tier if self.own_tier is None else self.own_tier
+        own = self.buckets(tier)
+        if buckets is None:
+            buckets = own
+        buckets = tuple(int(x) for x in buckets)
+        allowed = {length} | {b for b in (c.buckets or ()) if b < length}
+        if len(buckets) != len(own) or any(x not in allowed or x < o for x, o in zip(buckets, own)):
+            raise ValueError(f"buckets {buckets} at tier {tier}: need one per group from {sorted(allowed)}, each "
+                             f"no shorter than this batch's own {own}")
+        k = self.kept(tier)
+        lens, order = self._groups(tier)
+        m_budget, e_budget = c.row_budgets[tier], c.encoded_budget(tier)
+        position = np.empty(e_budget, np.int32)
+        position[order] = np.arange(e_budget, dtype=np.int32)
+        out = {key: v for key, v in self.batch.items() if key not in ("text_ids", "text_valid")}
+        start = 0
+        for g, (size, bucket) in enumerate(zip(c.group_sizes(tier), buckets)):
+            idx = order[start:start + size]
+            ids_g = np.full((size, bucket), self.text.pad_id, np.int32)
+            real = idx < k["enc"].shape[0]
+            ids_g[real] = k["enc"][idx[real], :bucket]
+            out[f"text_ids_{g}"] = ids_g
+            start += size
+        n_kept = k["owner"].size
+        row_text = np.zeros(m_budget, np.int32)
+        row_text[:n_kept] = position[k["row_enc"]]
+        row_owner = np.zeros(m_budget, np.int32)
+        row_owner[:n_kept] = k["owner"]
+        row_slot = np.zeros(m_budget, np.int32)
+        row_slot[:n_kept] = k["slot"]
+        row_valid = np.zeros(m_budget, bool)
+        row_valid[:n_kept] = True
+        out.update(row_text=row_text, row_owner=row_owner, row_slot=row_slot, row_valid=row_valid)
+        stats = {"valid": int(self.n_valid), "kept": int(n_kept), "dropped": k["dropped"], "unique": k["n_unique"],
+                 "encoded": int(e_budget), "tier": int(tier), "row_budget": int(m_budget),
+                 "buckets": buckets, "bucket": int(max(buckets)),
+                 "max_length": int(lens.max()) if n_kept else 1,
+                 "text_tokens": int(sum(x * b for x, b in zip(c.group_sizes(tier), buckets)))}
+        return out, stats
+
+
 def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossConfig(),
                text: TextConfig = TextConfig()) -> tuple[dict, dict]:
     """Dense batch (``images``, ``text_ids`` (B, N, L), ``text_valid`` (B, N)) → (packed batch, stats).
@@ -249,80 +399,64 @@ def pack_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossCo
     (per group) and bucket (the largest), max_length (longest kept text, tokens incl. SOT/EOT), text_tokens
     (Σ group size × bucket: the token positions the text tower runs).
     """
-    if loss_config.mode != "paper":
-        raise ValueError("packed batches need paper mode; official mode uses the dense layout")
-    check_buckets(config, text)
-    ids = np.asarray(batch["text_ids"])
-    valid = np.asarray(batch["text_valid"]).astype(bool)
-    b, n, length = ids.shape
-    n_used = loss_config.slots_used(n)
-    rows = np.flatnonzero(valid[:, :n_used].ravel())  # sample-major row numbers of the valid rows
-    owner = (rows // n_used).astype(np.int32)
-    slot = (rows % n_used).astype(np.int32)
-    flat = canonical_ids(ids[:, :n_used].reshape(b * n_used, length)[rows], text)
-    n_valid = rows.size
+    return BatchPlan(batch, config, loss_config, text).pack()
 
-    inverse = first = None
-    n_unique = n_valid
-    if config.dedup:
-        first, inverse = unique_rows(flat)
-        n_unique = first.size
-    tier = next((t for t, m in enumerate(config.row_budgets)
-                 if n_valid <= m and (not config.dedup or n_unique <= config.unique_budgets[t])), None)
-    dropped = 0
-    if tier is None:
-        tier = len(config.row_budgets) - 1
-        order = subtext_drop_order(owner, slot)
-        u_budget = config.unique_budgets[tier] if config.dedup else None
-        dropped = _drops_needed(n_valid, config.row_budgets[tier], order, inverse, n_unique, u_budget)
-        keep = np.ones(n_valid, bool)
-        keep[order[:dropped]] = False
-        owner, slot, flat = owner[keep], slot[keep], flat[keep]
-        if config.dedup:
-            first, inverse = unique_rows(flat)
-            n_unique = first.size
-        else:
-            n_unique = flat.shape[0]
-    n_kept = flat.shape[0]
-    if config.dedup:
-        enc, row_enc = flat[first], inverse
-    else:
-        enc, row_enc = flat, np.arange(n_kept)
-    m_budget, e_budget = config.row_budgets[tier], config.encoded_budget(tier)
-    # sort the encoded texts by length (padding, length 0, first) and cut them into the static groups
-    lens = np.zeros(e_budget, np.int32)
-    lens[:enc.shape[0]] = text_lengths(enc, text)
-    order = np.argsort(lens, kind="stable")  # encoded position p holds text order[p]
-    position = np.empty(e_budget, np.int32)
-    position[order] = np.arange(e_budget, dtype=np.int32)
-    out = {k: v for k, v in batch.items() if k not in ("text_ids", "text_valid")}
-    buckets = []
-    start = 0
-    for g, size in enumerate(config.group_sizes(tier)):
-        idx = order[start:start + size]
-        bucket = choose_bucket(max(int(lens[idx].max()), 1), config.buckets, length)
-        ids_g = np.full((size, bucket), text.pad_id, np.int32)
-        real = idx < enc.shape[0]
-        ids_g[real] = enc[idx[real], :bucket]
-        out[f"text_ids_{g}"] = ids_g
-        buckets.append(bucket)
-        start += size
 
-    row_text = np.zeros(m_budget, np.int32)
-    row_text[:n_kept] = position[row_enc]
-    row_owner = np.zeros(m_budget, np.int32)
-    row_owner[:n_kept] = owner
-    row_slot = np.zeros(m_budget, np.int32)
-    row_slot[:n_kept] = slot
-    row_valid = np.zeros(m_budget, bool)
-    row_valid[:n_kept] = True
-    out.update(row_text=row_text, row_owner=row_owner, row_slot=row_slot, row_valid=row_valid)
-    stats = {"valid": int(n_valid), "kept": int(n_kept), "dropped": int(dropped), "unique": int(n_unique),
-             "encoded": int(e_budget), "tier": int(tier), "row_budget": int(m_budget),
-             "buckets": tuple(buckets), "bucket": int(max(buckets)),
-             "max_length": int(lens.max()) if n_kept else 1,
-             "text_tokens": int(sum(x * b for x, b in zip(config.group_sizes(tier), buckets)))}
-    return out, stats
+# ---- several processes: one shape for all, rows indexed in the global arrays --------------------------------
+
+def agree_pack(requests: np.ndarray) -> tuple[int, tuple[int, ...], int]:
+    """(tier, buckets, dropped): what every process packs with, from all processes' `BatchPlan.request()`
+    stacked (P, T, 2 + G) in any order: the first tier that holds every process's batch without dropping (else
+    the last), per group the longest of the processes' buckets at that tier, and the subtext rows dropped at
+    that tier by all processes together. A symmetric pure function of the stacked requests, so every process
+    that gathers them computes the same answer."""
+    requests = np.asarray(requests)
+    fits_all = requests[:, :, 0].all(axis=0)
+    tier = int(np.argmax(fits_all)) if fits_all.any() else requests.shape[1] - 1
+    return tier, tuple(int(x) for x in requests[:, tier, 2:].max(axis=0)), int(requests[:, tier, 1].sum())
+
+
+def globalize_rows(packed: dict, config: PackConfig, tier: int, block: int, blocks: int) -> dict:
+    """A process's packed batch with its row indices made global: the global arrays are the concatenation of the
+    `blocks` processes' parts in block order (`jax.make_array_from_process_local_data`), this process's being
+    block `block`. So its image i is global image block·B + i (B its images), and text j of its group g (size
+    E_g, groups starting at S_g locally) is global encoding blocks·S_g + block·E_g + j in the concatenation of
+    the global groups (each P·E_g long)."""
+    sizes = np.asarray(config.group_sizes(tier), np.int64)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    row_text = np.asarray(packed["row_text"]).astype(np.int64)
+    g = np.searchsorted(ends, row_text, side="right")
+    out = dict(packed)
+    out["row_text"] = (blocks * starts[g] + block * sizes[g] + row_text - starts[g]).astype(np.int32)
+    out["row_owner"] = (np.asarray(packed["row_owner"]) + block * len(packed["images"])).astype(np.int32)
+    return out
+
+
+def pack_process_batch(batch: dict, config: PackConfig, loss_config: LossConfig = LossConfig(),
+                       text: TextConfig = TextConfig(), *, block: int = 0, blocks: int = 1,
+                       gather=None) -> tuple[dict, dict]:
+    """`pack_batch` for the process whose rows are block `block` of `blocks` (the multi-process rule; one
+    process: `pack_batch` itself).
+
+    Every process must pack with the same tier and buckets, for the global arrays to have one shape: each sends
+    its `request()` through `gather` (a collective: (T, 2 + G) → (blocks, T, 2 + G), every process's request,
+    e.g. `train.distributed.allgather_host`) and packs with `agree_pack`'s answer, a tier and buckets at least
+    as large as its own need (exact: more padding rows, longer trailing padding). The overflow rule applies per
+    process to its own rows at the last tier's per-process budgets (a process's row budget is M whatever the
+    others hold); with no drop the result is exactly the dense step's. Row indices are then made global
+    (`globalize_rows`). stats are this process's, except `dropped`: the rows dropped by all processes."""
+    plan = BatchPlan(batch, config, loss_config, text)
+    if blocks == 1:
+        return plan.pack()
+    request = plan.request()
+    requests = np.asarray(gather(request))
+    if requests.shape != (blocks,) + request.shape:
+        raise ValueError(f"gathered packing requests have shape {requests.shape}, expected {(blocks,) + request.shape}")
+    tier, buckets, dropped = agree_pack(requests)
+    out, stats = plan.pack(tier, buckets)
+    stats["dropped"] = dropped
+    return globalize_rows(out, config, tier, block, blocks), stats
 
 
 def batch_text_counts(text_ids: np.ndarray, text_valid: np.ndarray, loss_config: LossConfig = LossConfig(),
@@ -388,13 +522,17 @@ def text_groups(batch: dict) -> int:
 __all__ = [
     "DEFAULT_BUCKETS",
     "ROW_KEYS",
+    "BatchPlan",
     "PackConfig",
+    "agree_pack",
     "batch_text_counts",
     "canonical_ids",
     "check_buckets",
     "choose_bucket",
+    "globalize_rows",
     "is_packed",
     "pack_batch",
+    "pack_process_batch",
     "subtext_drop_order",
     "suggest_pack_config",
     "text_groups",
