@@ -151,7 +151,7 @@ class OptimOptions:
 
 @dataclasses.dataclass(frozen=True)
 class PackingOptions:
-    """Exact text savings (paper mode, one process; make_jax/train/packing.py, docs/performance.md): encode only
+    """Exact text savings (paper mode; make_jax/train/packing.py, docs/performance.md): encode only
     the valid texts, once each, in length groups at the shortest context that holds them. Budgets come from
     `sample_batches` batches (the `quantile` of valid and distinct texts per batch, plus a full fallback tier)."""
 
