@@ -465,7 +465,7 @@ def part_input_pipeline(args, prof):
     res = C.convert(os.path.join(work, "synthderm", "make", "train.csv"), os.path.join(work, "synthderm", "make"),
                     os.path.join(work, "records"), shorter_side=prof["generate_size"], workers=cores, shard_size=512, progress=False, log=lambda s: None)
     conv_s = time.perf_counter() - t0
-    pcfg = P.PipelineConfig(image_size=prof["crop"], num_workers=workers, seed=0)
+    pcfg = P.PipelineConfig(image_size=prof["crop"], workers=workers, seed=0)
     b = prof["pipeline_batch"]
     it = iter(P.train_dataset(res.directory, b, pcfg, shard_options=grain.sharding.NoSharding()))
     t0 = time.perf_counter()

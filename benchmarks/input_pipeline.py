@@ -10,7 +10,7 @@ Usage:
    (640x480 and 480x640 JPEGs: smooth shading, blotches, fine texture and sensor noise), and converts them with
    ``make_jax.records.convert`` (``--shorter-side``, JPEG q95, all cores) — conversion speed is printed too.
 2. Runs ``train_dataset`` in one process with no worker processes and no threads (read_threads=0,
-   prefetch_batches=0): every image is read, its record parsed, the JPEG decoded, RandomResizedCrop + colour
+   prefetch=0): every image is read, its record parsed, the JPEG decoded, RandomResizedCrop + colour
    jitter (p=0.8) + grayscale (p=0.2) applied and the batch stacked on one core. Reported: wall images/s and
    images per CPU-second of this process (``time.process_time``; on a shared, loaded machine this is the closer
    figure to one dedicated core).
@@ -82,7 +82,7 @@ def build(tmp: str, n: int, workers: int, shorter_side: int) -> tuple[str, float
 
 
 def run_pipeline(path: str, batch: int, batches: int, size: int, threads: int) -> tuple[float, float]:
-    cfg = P.PipelineConfig(image_size=size, read_threads=threads, prefetch_batches=0, seed=0)
+    cfg = P.PipelineConfig(image_size=size, read_threads=threads, prefetch=0, seed=0)
     it = iter(P.train_dataset(path, batch, cfg, shard_options=__import__("grain").sharding.NoSharding()))
     next(it)  # warm-up (imports, tokenizer-free path, permutation)
     w0, c0 = time.perf_counter(), time.process_time()

@@ -164,7 +164,7 @@ def input_only(args) -> dict:
         from make_jax.data.pipeline import PipelineConfig, train_dataset
 
         source = f"Grain pipeline over {args.data}"
-        ds = train_dataset(args.data, args.batch, PipelineConfig(image_size=size, num_workers=args.workers,
+        ds = train_dataset(args.data, args.batch, PipelineConfig(image_size=size, workers=args.workers,
                                                                  read_threads=args.threads, seed=args.seed))
         if pack:  # budgets from the data's own statistics (the text fields of the first batches of another seed)
             sample_it = iter(train_dataset(args.data, args.batch, PipelineConfig(image_size=size,

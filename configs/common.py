@@ -18,7 +18,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = section(RunOptions)
     c.model = section(ModelOptions)          # a preset of make_jax.models.config.PRESETS + numerics
     c.loss = section(LossConfig)             # the paper's MAKE row
-    c.data = section(DataOptions)            # records written by `python -m make_jax.records.convert`
+    # Records written by `python -m make_jax.records.convert` and the pipeline's options. 8 worker processes for a
+    # training host (the pipeline's own default, 0, reads in the training process).
+    c.data = section(DataOptions, workers=8)
     c.data.augment = section(TrainTransformConfig, exclude=("size",))  # size is data.image_size
     c.optim = section(OptimOptions)
     c.packing = section(PackingOptions)

@@ -376,7 +376,7 @@ def test_pipeline_tokenizing_the_strings_gives_the_converters_ids(synthderm_smal
     from make_jax.tokenizer import get_tokenizer
 
     _, records = synthderm_small
-    cfg = PipelineConfig(image_size=32, context_length=12, slot0=slot0, official_inputs=official, prefetch_batches=0)
+    cfg = PipelineConfig(image_size=32, context_length=12, slot0=slot0, official_inputs=official, prefetch=0)
     stored = next(iter(train_dataset(records, 8, cfg)))
     strings = next(iter(train_dataset(records, 8, dataclasses.replace(cfg, tokenizer=get_tokenizer()))))
     for k in stored:

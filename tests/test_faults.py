@@ -68,6 +68,8 @@ def test_loss_eps_is_honoured():
     (lambda c: setattr(c.optim, "b2", 1.0), "config.optim.b2"),
     (lambda c: setattr(c.loss, "sigma", -0.1), "config.loss: sigma must be >= 0"),
     (lambda c: setattr(c.data.augment, "hue", 0.9), "config.data.augment: hue"),
+    (lambda c: setattr(c.data, "worker_buffer_size", 0), "config.data: worker_buffer_size must be >= 1, got 0"),
+    (lambda c: setattr(c.data, "slot0", "dager"), "config.data: slot0 must be 'raw' or 'dagger'"),
     (lambda c: c.data.__setitem__("recods", "x"), "config.data.recods: unknown field"),
     (lambda c: c.data.__setitem__("shuffle", False), "config.data.shuffle: unknown field"),  # was never read
     (lambda c: c.__delitem__("log_every"), "config.log_every: missing"),

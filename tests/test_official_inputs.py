@@ -55,7 +55,7 @@ def records(tmp_path_factory):
 
 
 def _batch(directory, official: bool):
-    config = P.PipelineConfig(image_size=32, prefetch_batches=0, with_index=True, official_inputs=official)
+    config = P.PipelineConfig(image_size=32, prefetch=0, with_index=True, official_inputs=official)
     it = iter(P.train_dataset(directory, 10, config, num_epochs=1, shard_options=grain.sharding.NoSharding()))
     return next(it)
 

@@ -62,7 +62,7 @@ def data(tmp_path_factory):
 
 def cfg(**kw):
     kw.setdefault("image_size", S)
-    kw.setdefault("prefetch_batches", 0)
+    kw.setdefault("prefetch", 0)
     return P.PipelineConfig(**kw)
 
 
@@ -205,7 +205,7 @@ def test_workers_threads_and_checkpoint_restore(data):
     ref = take(P.train_dataset(path, 4, cfg(with_index=True), shard_options=NOSHARD), 2 * spe)
 
     # 2 worker processes, 2 threads each and a prefetch thread: the same batches
-    ds = P.train_dataset(path, 4, cfg(with_index=True, num_workers=2, read_threads=2, prefetch_batches=2),
+    ds = P.train_dataset(path, 4, cfg(with_index=True, workers=2, read_threads=2, prefetch=2),
                          shard_options=NOSHARD)
     it = iter(ds)
     got = [next(it) for _ in range(3)]
@@ -223,13 +223,13 @@ def test_workers_threads_and_checkpoint_restore(data):
 @pytest.mark.parametrize("cut", [1, 3, 4, 6])
 def test_checkpoint_in_process(data, cut):
     path = data[0]
-    ds = P.train_dataset(path, 4, cfg(with_index=True, read_threads=2, prefetch_batches=2), shard_options=NOSHARD)
+    ds = P.train_dataset(path, 4, cfg(with_index=True, read_threads=2, prefetch=2), shard_options=NOSHARD)
     full = take(ds, 9)
     it = iter(ds)
     for _ in range(cut):
         next(it)
     state = json.loads(json.dumps(it.get_state()))
-    it2 = iter(P.train_dataset(path, 4, cfg(with_index=True, read_threads=2, prefetch_batches=2),
+    it2 = iter(P.train_dataset(path, 4, cfg(with_index=True, read_threads=2, prefetch=2),
                                shard_options=NOSHARD))
     it2.set_state(state)  # a fresh pipeline object, as after a restart
     assert_batches_equal([next(it2) for _ in range(9 - cut)], full[cut:])
@@ -290,3 +290,68 @@ def test_bad_batch_sizes(data):
         P.train_dataset(path, 64, cfg(), shard_options=NOSHARD)
     with pytest.raises(ValueError, match="context_length"):
         P.PipelineConfig(context_length=78)
+
+
+# ---- the training config's side: config.data (and the other sections) -> PipelineConfig ----------------------
+
+def test_pipeline_options_are_config_data_fields_with_the_defaults_training_used():
+    """`config.data` holds every PipelineOptions field (declared once, in the pipeline) with the pipeline's default,
+    but `workers`: `base_config` asks for 8 worker processes, as training did before the fields were unified."""
+    import dataclasses
+
+    from configs.common import base_config
+
+    c = base_config()
+    names = [f.name for f in dataclasses.fields(P.PipelineOptions)]
+    assert {k: c.data[k] for k in names} == dict(image_size=224, context_length=77, slot0="raw", workers=8,
+                                                 worker_buffer_size=2, read_threads=0, prefetch=2)
+
+
+def test_every_pipeline_field_is_reachable_from_the_training_config(tmp_path, monkeypatch):
+    """Each PipelineConfig field, set from the training config to a value other than its default, arrives as set in
+    the PipelineConfig that make_train_data (and the packing sampler) hand to train_dataset. A field added to
+    PipelineConfig fails this test until the training config reaches it (or training states its own value)."""
+    import dataclasses
+
+    from configs.common import base_config
+    from make_jax.train.data import make_train_data, sample_batches
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nred\nplaque\n", encoding="utf-8")
+    given = dict(image_size=40, context_length=20, slot0="dagger", workers=3, worker_buffer_size=5, read_threads=2,
+                 prefetch=4)
+    augment = dict(scale=(0.5, 0.9), ratio=(0.8, 1.2), max_attempts=3, jitter_prob=0.5, brightness=0.1,
+                   contrast=0.2, saturation=0.3, hue=0.05, grayscale_prob=0.4)
+    c = base_config()
+    c.init_from = "scratch"
+    c.data.records, c.data.split = "/the/records", "validation"
+    for k, v in given.items():
+        setattr(c.data, k, v)
+    for k, v in augment.items():
+        setattr(c.data.augment, k, v)
+    c.seed = 7
+    c.loss.mode = "official"
+    c.model.text_tower, c.model.text_vocab = "bert", str(vocab)
+
+    seen = []
+    monkeypatch.setattr(P, "train_dataset", lambda path, global_batch_size, config, *, split: seen.append(
+        (path, global_batch_size, config, split)) or [])
+    monkeypatch.setattr(P, "num_records", lambda path, split: 0)
+    make_train_data(c, 0, 1)
+    sample_batches(c, 0)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    path, batch, got, split = seen[0]
+    assert (path, batch, split) == ("/the/records", c.batch_size, "validation")
+
+    # field -> the value the pipeline must get (set above through the training config, or training's own choice)
+    want = {**given, "seed": 7, "official_inputs": True,
+            "augment": augment,  # config.data.augment; its size is data.image_size (ExampleLoader)
+            "tokenizer": ([2, 5, 6, 3] + [0] * 16, 4),  # the model's WordPiece: [CLS] red plaque [SEP] [PAD]...
+            "output": "uint8",  # training's: the step normalises on the device
+            "with_index": False}  # training's: a debugging aid
+    assert sorted(f.name for f in dataclasses.fields(P.PipelineConfig)) == sorted(want)
+    assert {k: getattr(got, k) for k in given} == given
+    assert (got.seed, got.official_inputs, got.output, got.with_index) == (7, True, "uint8", False)
+    assert {k: v for k, v in dataclasses.asdict(got.augment).items() if k != "size"} == augment
+    ids, lengths = got.tokenizer.tokenize_with_lengths(["Red plaque"], got.context_length)
+    assert (ids[0].tolist(), int(lengths[0])) == want["tokenizer"]

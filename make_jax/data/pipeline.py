@@ -2,7 +2,7 @@
 
     from make_jax.data.pipeline import PipelineConfig, train_dataset, eval_dataset
 
-    cfg = PipelineConfig(image_size=224, context_length=77, seed=0, num_workers=8)
+    cfg = PipelineConfig(image_size=224, context_length=77, seed=0, workers=8)
     ds = train_dataset("DATA/make_derm/1.0.0", global_batch_size=2048, config=cfg)   # a grain.IterDataset
     it = iter(ds)
     batch = next(it)          # {'images': (B, S, S, 3) uint8, 'text_ids': (B, 11, L) int32, 'text_valid': (B, 11) bool}
@@ -55,18 +55,46 @@ _CLIP_ID_FIELDS = ("text_ids", "text_lengths", "dagger_ids", "dagger_length")
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    """Options of the input pipeline.
+class PipelineOptions:
+    """What the pipeline reads and how it runs: the options a training config sets as ``config.data.<field>``
+    (``make_jax.train.config.DataOptions`` extends this class, so each is declared here only).
 
-    image_size:       output side S (224 for the paper, 64 for the CPU demo).
-    context_length:   L ≤ 77; ids are cut to L as the tokenizer would at context L (EOT kept at L-1).
-    slot0:            'raw' (slot 0 = the raw caption) or 'dagger' (slot 0 = the Derm1M† text; clip_dagger).
+    image_size:         output side S (224 for the paper; the CPU demo uses 32).
+    context_length:     L; ids are cut to L as the tokenizer would (EOT kept at L-1). ≤ 77 with the records' ids
+                        (``PipelineConfig.tokenizer`` None); any L ≥ 1 with a tokenizer of the model's.
+    slot0:              'raw' (slot 0 = the raw caption) or 'dagger' (slot 0 = the Derm1M† text; clip_dagger).
+    workers:            worker processes (``mp_prefetch``); 0 = all in this process.
+    worker_buffer_size: batches each worker process keeps ready.
+    read_threads:       threads per process computing batches (PIL and NumPy release the GIL); 0 = inline.
+    prefetch:           batches a background thread of the consuming process keeps ready (0 = none).
+    """
+
+    image_size: int = 224
+    context_length: int = CONTEXT_LENGTH
+    slot0: str = "raw"
+    workers: int = 0
+    worker_buffer_size: int = 2
+    read_threads: int = 0
+    prefetch: int = 2
+
+    def __post_init__(self):
+        for name in ("image_size", "context_length", "worker_buffer_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "read_threads", "prefetch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.slot0 not in ("raw", "dagger"):
+            raise ValueError(f"slot0 must be 'raw' or 'dagger', got {self.slot0!r}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig(PipelineOptions):
+    """Every option of the input pipeline: ``PipelineOptions`` and what a caller derives from elsewhere (training
+    sets them from its other sections: ``make_jax.train.data.pipeline_config``).
+
     output:           'uint8' (normalise on device, ``train.forward.normalize_images``) or 'float32' (normalised).
     seed:             shuffle and augmentation seed.
-    num_workers:      worker processes (``mp_prefetch``); 0 = all in this process.
-    worker_buffer_size: batches each worker keeps ready.
-    read_threads:     threads per process computing batches (PIL and NumPy release the GIL); 0 = inline.
-    prefetch_batches: batches a background thread of the consuming process keeps ready (0 = none).
     with_index:       also yield 'index' (B,) int64 record index and 'epoch' (B,) int64 (debugging/tests).
     augment:          the train transform's parameters (its ``size`` is replaced by ``image_size``).
     official_inputs:  feed the texts the public MAKE code feeds (``public_text_inputs``; the loss's official mode
@@ -78,32 +106,20 @@ class PipelineConfig:
                       length 0; validity as recorded); any L. The stored ids are then never read.
     """
 
-    image_size: int = 224
-    context_length: int = CONTEXT_LENGTH
-    slot0: str = "raw"
     output: str = "uint8"
     seed: int = 0
-    num_workers: int = 0
-    worker_buffer_size: int = 2
-    read_threads: int = 0
-    prefetch_batches: int = 2
     with_index: bool = False
     augment: TrainTransformConfig = field(default_factory=TrainTransformConfig)
     official_inputs: bool = False
     tokenizer: Any = None
 
     def __post_init__(self):
-        if self.tokenizer is None and not 1 <= self.context_length <= CONTEXT_LENGTH:
+        super().__post_init__()
+        if self.tokenizer is None and self.context_length > CONTEXT_LENGTH:
             raise ValueError(f"context_length must be in [1, {CONTEXT_LENGTH}] (the records' stored ids), got "
                              f"{self.context_length}")
-        if self.context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {self.context_length}")
-        if self.slot0 not in ("raw", "dagger"):
-            raise ValueError(f"slot0 must be 'raw' or 'dagger', got {self.slot0!r}")
         if self.output not in ("uint8", "float32"):
             raise ValueError(f"output must be 'uint8' or 'float32', got {self.output!r}")
-        if self.image_size < 1:
-            raise ValueError("image_size must be positive")
 
 
 def tokenize_slots(texts, valid: np.ndarray, tokenizer, context_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -301,14 +317,14 @@ def _build(source, sampler, config, train, num_steps):
     ds = grain.MapDataset.range(num_steps * b).map(loader).batch(b, drop_remainder=True, batch_fn=_stack)
     read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(1, 2 * config.read_threads))
     it = ds.to_iter_dataset(read)
-    if config.num_workers > 0:
+    if config.workers > 0:
         _grain_flags_workaround()
         it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=config.num_workers,
+            grain.MultiprocessingOptions(num_workers=config.workers,
                                          per_worker_buffer_size=config.worker_buffer_size)
         )
-    if config.prefetch_batches > 0:
-        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.prefetch_batches)
+    if config.prefetch > 0:
+        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.prefetch)
     return it
 
 
@@ -365,6 +381,7 @@ def num_records(path: str | os.PathLike, split: str = TRAIN) -> int:
 __all__ = [
     "ExampleLoader",
     "PipelineConfig",
+    "PipelineOptions",
     "Sampler",
     "eval_dataset",
     "num_records",

@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from make_jax.data.pipeline import PipelineOptions
 from make_jax.data.transforms import TrainTransformConfig
 from make_jax.errors import InputError
 from make_jax.losses.config import LossConfig
@@ -106,27 +107,24 @@ class ModelOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataOptions:
-    """Records written by `python -m make_jax.records.convert` and the pipeline over them (PipelineConfig).
+class DataOptions(PipelineOptions):
+    """`config.data`: the pipeline's own options (declared in `make_jax.data.pipeline.PipelineOptions`:
+    image_size, context_length, slot0, workers, worker_buffer_size, read_threads, prefetch), which reach the
+    pipeline as given (make_jax.train.data), and what training reads besides.
 
-    records: the dataset directory; in a config with a `synthderm` section, empty means SynthDerm's records.
+    records: the dataset directory (`python -m make_jax.records.convert`); with a `prepare.synthderm` step, empty
+    means SynthDerm's records.
+    split: the records' split to train on.
     num_slots: text slots per image (counts the texts a step encodes, for FLOPs).
-    workers / prefetch / read_threads: PipelineConfig's num_workers / prefetch_batches / read_threads.
     """
 
     records: str = ""
     split: str = "train"
-    image_size: int = 224
-    context_length: int = 77
     num_slots: int = 11
-    slot0: str = "raw"
-    workers: int = 8
-    prefetch: int = 2
-    read_threads: int = 0
 
     def __post_init__(self):
-        _positive(self, "image_size", "context_length", "num_slots", section="data")
-        _non_negative(self, "workers", "prefetch", "read_threads", section="data")
+        super().__post_init__()
+        _positive(self, "num_slots", section="data")
 
 
 @dataclasses.dataclass(frozen=True)

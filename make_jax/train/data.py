@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 
 def pipeline_config(config):
-    """`config.data` → PipelineConfig; `config.data.augment` holds every TrainTransformConfig field but `size`
-    (which is `data.image_size`). A text tower whose tokenizer is not the records' (a BERT tower) gets its own
-    tokenizer: the pipeline then tokenizes the records' strings (make_jax.train.text_tower)."""
-    from make_jax.data.pipeline import PipelineConfig
-    from make_jax.data.transforms import TrainTransformConfig
+    """The `PipelineConfig` of a training config: every `PipelineOptions` field as `config.data` gives it, and the
+    rest from the other sections — `seed` (the run's), `augment` (`config.data.augment`; its `size` is
+    `data.image_size`), `official_inputs` (`loss.mode == "official"`), `tokenizer` (the text tower's when it is
+    not the records' CLIP BPE: the pipeline then tokenizes the records' strings, make_jax.train.text_tower).
+    `output` stays "uint8" (the step normalises on the device) and `with_index` False (a debugging aid)."""
+    from make_jax.data.pipeline import PipelineConfig, PipelineOptions
+    from make_jax.train.config import check_config
     from make_jax.train.text_tower import pipeline_tokenizer, text_config_from
 
-    d = config.data
-    augment = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in d.augment.items()}
-    return PipelineConfig(image_size=d.image_size, context_length=d.context_length, slot0=d.slot0, output="uint8",
-                          seed=config.seed, num_workers=d.workers, prefetch_batches=d.prefetch,
-                          read_threads=d.read_threads, augment=TrainTransformConfig(**augment),
-                          official_inputs=config.loss.mode == "official",
+    options = check_config(config)
+    given = {f.name: getattr(options.data, f.name) for f in dataclasses.fields(PipelineOptions)}
+    return PipelineConfig(**given, seed=options.run.seed, augment=options.augment,
+                          official_inputs=options.loss.mode == "official",
                           tokenizer=pipeline_tokenizer(text_config_from(config)))
 
 
