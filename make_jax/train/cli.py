@@ -182,9 +182,15 @@ def _leave_at_once_if_multiprocess(error: BaseException) -> None:
         if error.code is not None and not isinstance(error.code, int):
             print(error.code, file=sys.stderr)
     else:
-        import traceback
+        from make_jax.train.distributed import lost_peer_message
 
-        traceback.print_exc()
+        lost = lost_peer_message(error, jax.process_index(), jax.process_count())
+        if lost:  # a consequence of another process's end, not a bug here: one line, no traceback
+            print(f"{PROG}: error: {lost}", file=sys.stderr)
+        else:
+            import traceback
+
+            traceback.print_exc()
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()

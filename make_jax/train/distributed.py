@@ -9,8 +9,10 @@ What describes the job, in the order looked at:
 
 On CPU the processes exchange data through gloo (`jax_cpu_collectives_implementation`); it is set explicitly, as
 older and newer jax releases differ in their default. The heartbeat timeout bounds how long the survivors of a
-killed process wait before they stop (`MAKE_JAX_HEARTBEAT_TIMEOUT`, seconds; default 60): the coordination
-service then ends every process with an error naming the task it lost.
+vanished process wait before they stop (`MAKE_JAX_HEARTBEAT_TIMEOUT`, seconds; default 60): the coordination
+service then ends every process with an error naming the task it lost. A process that dies with its host up
+(SIGKILL, a crash) closes its connections, and the others' next collective fails at once
+(`lost_peer_message` turns that error into one line).
 
 Nothing here may touch a JAX backend: `jax.process_count()` before `jax.distributed.initialize()` would start
 one and make the join impossible.
@@ -92,6 +94,31 @@ def initialize_from_environment() -> bool:
     logger.info("process %d of %d joined (%d local devices, %d in all)", jax.process_index(), jax.process_count(),
                 jax.local_device_count(), jax.device_count())
     return True
+
+
+# The errors of a cross-process collective (gloo on CPU, NCCL on GPUs) carry their library's name.
+_COLLECTIVE_LIBRARIES = ("gloo", "nccl")
+
+
+def lost_peer_message(error: BaseException, process_index: int, process_count: int) -> str | None:
+    """One line for a collective that failed because another process of the job is gone (SIGKILLed, crashed, its
+    host unreachable): the others then stop at once instead of waiting. None for any other error.
+
+    A process cannot tell which peer vanished (the error names a socket address); with two processes it is the
+    other one. The launcher (`--local_processes`) and the coordination service name the lost process too.
+    """
+    text = str(error)
+    if process_count < 2 or not any(lib in text.lower() for lib in _COLLECTIVE_LIBRARIES):
+        return None
+    summary = (text.strip().splitlines() or [""])[0]
+    if len(summary) > 300:
+        summary = summary[:300] + "..."
+    who = (f"process {1 - process_index} (the other process of the job)" if process_count == 2
+           else "another process of the job")
+    return (f"process {process_index} of {process_count}: a collective with the other processes failed "
+            f"({type(error).__name__}: {summary}): {who} stopped or cannot be reached (killed, crashed, or its "
+            "host is down; its own log says which). The checkpoints already committed in the workdir are whole: "
+            "rerun the same command on every process to resume from the last one")
 
 
 def barrier(name: str) -> None:

@@ -6,12 +6,14 @@ per-process input shards, process-0-only outputs) can be tried on one machine. O
 simulated devices with XLA_FLAGS=--xla_force_host_platform_device_count=K (inherited by the copies).
 
 Every line a copy prints is forwarded prefixed with `[p<i>] `. When one copy fails (non-zero exit, or killed),
-the others are stopped (SIGTERM, then SIGKILL after `grace_s`) and the exit status is the failed copy's.
+the launcher says which (`[launch] process 1 of 2 was killed by SIGKILL; stopping the others`), stops the others
+(SIGTERM, then SIGKILL after `grace_s`) and exits with the failed copy's status.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -61,13 +63,22 @@ def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
             p.wait()
 
 
-def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10.0, poll_s: float = 0.2) -> int:
+def _reap(index: int, proc: subprocess.Popen, ended: queue.Queue) -> None:
+    proc.wait()
+    ended.put(index)
+
+
+def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10.0) -> int:
     """Runs `command` as processes 0..N-1 of one job; returns 0 when all succeed, else the first failure's status
-    (128 + signal number for a copy killed by a signal)."""
+    (128 + signal number for a copy killed by a signal).
+
+    "First" is the order in which the copies end (one thread waits for each): when one copy is killed, the
+    others' collectives fail a moment later, and the report names the killed one, not the lowest index."""
     if num_processes < 1:
         raise ValueError(f"--local_processes must be at least 1, got {num_processes}")
     address = f"127.0.0.1:{free_port()}"
     lock = threading.Lock()
+    ended: queue.Queue = queue.Queue()
     procs, threads = [], []
     for i in range(num_processes):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(num_processes),
@@ -75,27 +86,26 @@ def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10
         p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         t = threading.Thread(target=_forward, args=(p.stdout, f"[p{i}] ", lock), daemon=True)
         t.start()
+        threading.Thread(target=_reap, args=(i, p, ended), daemon=True).start()
         procs.append(p)
         threads.append(t)
+
     def interrupted(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)  # `kill` of this launcher stops the copies too
     first_failed = None
     try:
-        while first_failed is None:
-            failed = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
-            if failed:
-                first_failed = failed[0]
-                if any(p.poll() is None for p in procs):
-                    with lock:
-                        print(f"[launch] process {first_failed} of {num_processes} "
-                              f"{_describe(procs[first_failed].returncode)}; stopping the others", flush=True)
+        for _ in range(num_processes):
+            i = _next_ended(ended)
+            if procs[i].returncode != 0 and first_failed is None:
+                first_failed = i
+                running = any(p.poll() is None for p in procs)
+                with lock:
+                    print(f"[launch] process {i} of {num_processes} {_describe(procs[i].returncode)}; "
+                          f"{'stopping the others' if running else 'the others have ended'}", flush=True)
+                if running:
                     _stop(procs, grace_s)
-            elif all(p.poll() == 0 for p in procs):
-                break
-            else:
-                time.sleep(poll_s)
     except KeyboardInterrupt:
         _stop(procs, grace_s)
         first_failed = next((i for i, p in enumerate(procs) if p.returncode != 0), None)
@@ -105,6 +115,15 @@ def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10
         return 0
     code = procs[first_failed].returncode
     return 128 - code if code < 0 else code
+
+
+def _next_ended(ended: queue.Queue) -> int:
+    """The index of the next copy to end (waits in short slices, so that SIGTERM and Ctrl-C get through)."""
+    while True:
+        try:
+            return ended.get(timeout=0.5)
+        except queue.Empty:
+            pass
 
 
 def _describe(code: int) -> str:
