@@ -1,0 +1,348 @@
+"""Faults of a multi-process job: 2 JAX processes x 2 simulated CPU devices on 127.0.0.1 (gloo), the tiny model.
+
+* SIGKILL of every process mid-run, then the same command again → the job resumes from its last checkpoint and
+  ends with the parameters of an uninterrupted run, bit for bit.
+* SIGKILL (or a freeze, SIGSTOP: a host that vanished without closing its connections) of one process → the
+  other stops within a bounded time with a message saying what happened, and the kept checkpoint is intact.
+
+Faults are placed deterministically by a `sitecustomize` module on the training processes' PYTHONPATH (the
+HOOK below): before step N+1's batch (`<action>@step:N`) or at the commit rename of step N's checkpoint
+(`<action>@save:N`), the chosen processes write a marker file and then pause (the test SIGKILLs them), SIGKILL
+themselves, or SIGSTOP themselves. Nothing in make_jax knows about it. The processes are started either by
+`launch.py --local_processes=2` or directly with the JAX_* variables (the path of SLURM or several hosts).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from make_jax.train.distributed import lost_peer_message
+from make_jax.train.local_job import free_port, run_local_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+HEARTBEAT_S = 10  # MAKE_JAX_HEARTBEAT_TIMEOUT of these jobs
+# How long the survivors of a fault may take to stop: the heartbeat timeout (the coordination service's
+# detection of a silent process) plus a margin for a loaded 2-core machine. Measured on an idle machine: under
+# 1 s after a SIGKILL (the peer's sockets close), 10-12 s after a SIGSTOP (the heartbeat).
+STOP_BOUND_S = HEARTBEAT_S + 50
+START_TIMEOUT_S = 600  # for a fault point to be reached (startup and compilation on a loaded machine)
+
+HOOK = textwrap.dedent('''
+    """Test fault injection for tests/test_multiprocess_faults.py (inert unless MAKE_JAX_TEST_FAULT is set)."""
+    import os
+
+    FAULT = os.environ.get("MAKE_JAX_TEST_FAULT")
+    ME = os.environ.get("JAX_PROCESS_ID")
+    if FAULT and ME is not None and ME in os.environ.get("MAKE_JAX_TEST_FAULT_PROCESSES", "").split(","):
+        import importlib.abc
+        import importlib.util
+        import signal
+        import sys
+        import time
+
+        action, where = FAULT.split("@")
+        kind, n = where.split(":")
+        n = int(n)
+
+        def fault():
+            open(os.path.join(os.environ["MAKE_JAX_TEST_FAULT_DIR"], "p" + ME), "w").close()
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif action == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            time.sleep(3600)  # "pause": the test kills us
+
+        if kind == "save":  # Orbax commits a step by renaming its temporary directory
+            target, real_rename = "/%d.orbax-checkpoint-tmp" % n, os.rename
+
+            def rename(src, dst, *a, **k):
+                if str(src).endswith(target):
+                    fault()
+                return real_rename(src, dst, *a, **k)
+
+            os.rename = rename
+        else:  # before the batch of step n + 1 (this run starts from scratch)
+            class Finder(importlib.abc.MetaPathFinder):
+                def find_spec(self, name, path, target=None):
+                    if name != "make_jax.train.loop":
+                        return None
+                    sys.meta_path.remove(self)
+                    spec = importlib.util.find_spec(name)
+                    exec_module = spec.loader.exec_module
+
+                    def patched(module):
+                        exec_module(module)
+                        real, calls = module._global_batch, [0]
+
+                        def global_batch(batch, sharding):
+                            calls[0] += 1
+                            if calls[0] > n:
+                                fault()
+                            return real(batch, sharding)
+
+                        module._global_batch = global_batch
+
+                    spec.loader.exec_module = patched
+                    return spec
+
+            sys.meta_path.insert(0, Finder())
+''')
+
+CONFIG = textwrap.dedent('''
+    from configs.demo import get_config as demo_config
+
+
+    def get_config():
+        c = demo_config()
+        del c.prepare["synthderm"]
+        c.data.records = {records!r}
+        c.data.image_size = 32
+        c.data.context_length = 16
+        c.data.prefetch = 0
+        c.batch_size = 8
+        c.total_steps = 6
+        c.checkpoint_every = 2
+        c.keep_checkpoints = 10
+        c.log_every = 1
+        c.optim.warmup_steps = 2
+        c.progress = False
+        c.tensorboard = False
+        c.evals = {{}}
+        return c
+''')
+
+
+@pytest.fixture(scope="module")
+def setup(synthderm_small, tmp_path_factory):
+    """(config file, directory of the sitecustomize hook)."""
+    base = tmp_path_factory.mktemp("faults")
+    config = base / "faults_config.py"
+    config.write_text(CONFIG.format(records=str(synthderm_small[1])))
+    hook = base / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)
+    return config, hook
+
+
+class Job:
+    """One run of the 2-process job, started in the background; each process's output goes to a file (a pipe
+    nobody reads could fill and block it). Every started process leads its own process group."""
+
+    def __init__(self, setup, workdir: Path, logs: Path, *, launcher: bool, fault: str = "", faulty=()):
+        config, hook = setup
+        self.markers = logs / "markers"
+        self.markers.mkdir(parents=True)
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                   MAKE_JAX_HEARTBEAT_TIMEOUT=str(HEARTBEAT_S), PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join([str(hook)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+                   MAKE_JAX_TEST_FAULT=fault, MAKE_JAX_TEST_FAULT_PROCESSES=",".join(map(str, faulty)),
+                   MAKE_JAX_TEST_FAULT_DIR=str(self.markers))
+        for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+            env.pop(k, None)
+        cmd = [sys.executable, "launch.py", "--config", str(config), "--workdir", str(workdir)]
+        if launcher:
+            jobs = [(cmd + ["--local_processes=2"], env)]
+        else:
+            address = f"127.0.0.1:{free_port()}"
+            jobs = [(cmd, dict(env, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+                    for i in range(2)]
+        self.logs = [logs / f"out{i}.txt" for i in range(len(jobs))]
+        self.procs = []
+        for (c, e), log in zip(jobs, self.logs):
+            with open(log, "wb") as f:
+                self.procs.append(subprocess.Popen(c, cwd=REPO, env=e, stdout=f, stderr=subprocess.STDOUT,
+                                                   start_new_session=True))
+
+    def output(self, i: int = 0) -> str:
+        return self.logs[i].read_text(errors="replace")
+
+    def tail(self) -> str:
+        return "\n".join(f"--- {log.name}\n{self.output(i)[-3000:]}" for i, log in enumerate(self.logs))
+
+    def wait_for_markers(self, names) -> float:
+        """Waits until the processes `names` ('p0', ...) reached the fault; the time it happened."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            ended = [p for p in self.procs if p.poll() is not None]  # before looking: a faulty one may end
+            if all((self.markers / n).exists() for n in names):
+                return time.monotonic()
+            assert not ended, f"a process ended before the fault point\n{self.tail()}"
+            assert time.monotonic() < deadline, f"the fault point was not reached\n{self.tail()}"
+            time.sleep(0.05)
+
+    def wait(self, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+                pytest.fail(f"still running {timeout:.0f} s after the fault (hang)\n{self.tail()}")
+        return [p.returncode for p in self.procs]
+
+    def kill_all(self, sig=signal.SIGKILL) -> None:
+        """`sig` to every process of the job at once (each started process's group: the launcher and its
+        copies, or the directly started processes)."""
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            p.wait()
+
+
+def _committed(workdir: Path) -> list[int]:
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def _export_params(export: Path) -> dict:
+    import jax
+
+    from make_jax.checkpoint.orbax_io import load_params
+
+    flat = jax.tree_util.tree_leaves_with_path(load_params(export, as_numpy=True))
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def _check_intact(step_dir: Path) -> dict:
+    """The checkpoint's files match its checksums, and its train state loads (as numpy arrays: this process has
+    one device, the job had four)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from make_jax.checkpoint.integrity import CHECKSUM_FILE, verify_checksums
+
+    assert verify_checksums(step_dir, step_dir / CHECKSUM_FILE), f"{step_dir}: no checksum record"
+    checkpointer = ocp.StandardCheckpointer()
+    saved = checkpointer.metadata(step_dir / "state").item_metadata
+    state = checkpointer.restore(step_dir / "state", jax.tree.map(lambda m: np.empty(m.shape, m.dtype), saved))
+    assert int(state["step"]) == int(step_dir.name)
+    return state
+
+
+# ---- SIGKILL of every process, then the same command ------------------------------------------------------
+
+def test_sigkill_of_every_process_then_resume_is_bit_identical(setup, tmp_path):
+    ref = tmp_path / "reference"
+    job = Job(setup, ref, tmp_path / "logs-ref", launcher=True)
+    assert job.wait(START_TIMEOUT_S) == [0], job.tail()
+
+    run = tmp_path / "interrupted"
+    # 1. After checkpoint 2 and steps 3 and 4, while step 4's checkpoint is being committed (process 0 renames
+    #    it, process 1 waits for it), every process is SIGKILLed together with the launcher.
+    job = Job(setup, run, tmp_path / "logs-1", launcher=True, fault="pause@save:4", faulty=(0,))
+    job.wait_for_markers(["p0"])
+    job.kill_all()
+    assert _committed(run) == [2] and not (run / "export").exists()
+    assert any(p.name.startswith("4.orbax-checkpoint-tmp") for p in (run / "checkpoints").iterdir())
+    # 2. The same command resumes from 2 (the torn save is discarded) and finishes.
+    job = Job(setup, run, tmp_path / "logs-2", launcher=True)
+    assert job.wait(START_TIMEOUT_S) == [0], job.tail()
+    resumed = f"resumed from {run / 'checkpoints' / '2'} at step 2"
+    assert sorted(ln[:4] for ln in job.output().splitlines() if resumed in ln) == ["[p0]", "[p1]"], job.tail()
+    assert _committed(run) == [2, 4, 6]
+
+    a, b = _export_params(ref / "export"), _export_params(run / "export")
+    assert a.keys() == b.keys() and len(a) == 38
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k  # bit-identical
+    # Training moved the parameters: the comparison is not between two copies of the initialisation.
+    first = _check_intact(ref / "checkpoints" / "2")["params"]["visual"]["proj"]
+    assert not np.array_equal(first, a["['visual']['proj']"])
+
+
+# ---- one process lost: the other stops within a bound, saying what happened ------------------------------
+
+def test_lost_peer_message():
+    gloo = RuntimeError("UNKNOWN: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/pair.cc:538] Read error "
+                        "[127.0.0.1]:34221: Connection reset by peer\nmore")
+    line = lost_peer_message(gloo, 0, 2)
+    assert "\n" not in line and line.startswith("process 0 of 2: a collective with the other processes failed "
+                                                "(RuntimeError: UNKNOWN: Gloo all-reduce failed")
+    assert "process 1 (the other process of the job) stopped" in line and "resume" in line
+    assert "process 0 (the other process of the job)" in lost_peer_message(gloo, 1, 2)
+    assert "another process of the job stopped" in lost_peer_message(gloo, 2, 4)
+    assert lost_peer_message(RuntimeError("NCCL error: remote process exited"), 0, 8) is not None
+    assert lost_peer_message(ValueError("a bug"), 0, 2) is None  # other errors keep their traceback
+    assert lost_peer_message(gloo, 0, 1) is None
+
+
+def test_launcher_names_the_killed_process_not_the_one_that_failed_after_it(capfd, tmp_path):
+    # Process 1 is SIGKILLed; process 0 (the lower index) sees its connection to process 1 close and fails a few
+    # milliseconds later, as a collective would: the launcher must blame process 1.
+    script = textwrap.dedent("""
+        import os, signal, socket, sys, time
+        port_file = sys.argv[1]
+        if os.environ["JAX_PROCESS_ID"] == "0":
+            server = socket.create_server(("127.0.0.1", 0))
+            with open(port_file + ".tmp", "w") as f:
+                f.write(str(server.getsockname()[1]))
+            os.rename(port_file + ".tmp", port_file)
+            peer, _ = server.accept()
+            peer.recv(1)  # returns when process 1 dies
+            sys.exit(1)
+        while not os.path.exists(port_file):
+            time.sleep(0.01)
+        conn = socket.create_connection(("127.0.0.1", int(open(port_file).read())))
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    status = run_local_job([sys.executable, "-c", script, str(tmp_path / "port")], 2, grace_s=2.0)
+    out = capfd.readouterr().out
+    assert status == 128 + signal.SIGKILL, out
+    assert "[launch] process 1 of 2 was killed by SIGKILL" in out
+
+
+@pytest.mark.parametrize("fault,victim,launcher", [("kill", 1, True), ("kill", 0, False), ("stop", 1, False)],
+                         ids=["sigkill-p1-launcher", "sigkill-p0-direct", "sigstop-p1-direct"])
+def test_one_process_lost_the_other_stops_in_bounded_time(setup, tmp_path, fault, victim, launcher):
+    """Process `victim` dies (SIGKILL) or freezes (SIGSTOP: like a host that vanished, its sockets stay open)
+    after step 3 (checkpoint 2 is committed). The survivor must stop within STOP_BOUND_S, non-zero, with a message
+    naming what happened; checkpoint 2 stays intact."""
+    work = tmp_path / "run"
+    job = Job(setup, work, tmp_path / "logs", launcher=launcher, fault=f"{fault}@step:3", faulty=(victim,))
+    t_fault = job.wait_for_markers([f"p{victim}"])
+    survivor = 1 - victim
+    if launcher:
+        codes = job.wait(STOP_BOUND_S)
+        elapsed = time.monotonic() - t_fault
+        out = job.output()
+        assert codes == [128 + signal.SIGKILL], out[-3000:]
+        assert "[launch] process 1 of 2 was killed by SIGKILL; stopping the others" in out, out[-3000:]
+        # The survivor's own line, not a traceback: its collective failed because process 1 is gone.
+        assert ("[p0] launch.py: error: process 0 of 2: a collective with the other processes failed" in out
+                and "process 1 (the other process of the job) stopped" in out), out[-3000:]
+        assert "Traceback" not in out
+    else:
+        deadline = time.monotonic() + STOP_BOUND_S
+        proc = job.procs[survivor]
+        try:
+            proc.wait(timeout=STOP_BOUND_S)
+        except subprocess.TimeoutExpired:
+            job.kill_all()
+            pytest.fail(f"process {survivor} still running {STOP_BOUND_S} s after process {victim} was lost")
+        elapsed = time.monotonic() - t_fault
+        assert time.monotonic() <= deadline
+        job.kill_all()  # the frozen victim
+        out = job.output(survivor)
+        assert proc.returncode != 0, out[-3000:]
+        if fault == "kill":  # the coordinator is gone: the survivor's collective or its coordination client says so
+            assert ("process 0 (the other process of the job) stopped" in out
+                    or "the leader task was preempted/died" in out), out[-3000:]
+        else:  # no error on any socket: the coordination service's heartbeat check names the silent task
+            assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in out, out[-3000:]
+            assert elapsed >= HEARTBEAT_S - 1, f"stopped after {elapsed:.1f} s: not by the heartbeat timeout"
+    print(f"{fault} of process {victim}: the survivor stopped {elapsed:.1f} s later")
+    assert _committed(work) == [2]
+    assert not [p for p in (work / "checkpoints").iterdir() if "tmp" in p.name]
+    _check_intact(work / "checkpoints" / "2")
