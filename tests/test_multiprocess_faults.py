@@ -318,7 +318,7 @@ def test_one_process_lost_the_other_stops_in_bounded_time(setup, tmp_path, fault
         elapsed = time.monotonic() - t_fault
         out = job.output()
         assert codes == [128 + signal.SIGKILL], out[-3000:]
-        assert "[launch] process 1 of 2 was killed by SIGKILL; stopping the others" in out, out[-3000:]
+        assert "[launch] process 1 of 2 was killed by SIGKILL;" in out, out[-3000:]
         # The survivor's own line, not a traceback: its collective failed because process 1 is gone.
         assert ("[p0] launch.py: error: process 0 of 2: a collective with the other processes failed" in out
                 and "process 1 (the other process of the job) stopped" in out), out[-3000:]
@@ -341,7 +341,8 @@ def test_one_process_lost_the_other_stops_in_bounded_time(setup, tmp_path, fault
                     or "the leader task was preempted/died" in out), out[-3000:]
         else:  # no error on any socket: the coordination service's heartbeat check names the silent task
             assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in out, out[-3000:]
-            assert elapsed >= HEARTBEAT_S - 1, f"stopped after {elapsed:.1f} s: not by the heartbeat timeout"
+            # Not at once: nothing failed on a socket (the last heartbeat may predate the freeze by an interval).
+            assert elapsed >= HEARTBEAT_S / 2, f"stopped after {elapsed:.1f} s: not by the heartbeat timeout"
     print(f"{fault} of process {victim}: the survivor stopped {elapsed:.1f} s later")
     assert _committed(work) == [2]
     assert not [p for p in (work / "checkpoints").iterdir() if "tmp" in p.name]

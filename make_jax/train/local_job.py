@@ -7,7 +7,8 @@ simulated devices with XLA_FLAGS=--xla_force_host_platform_device_count=K (inher
 
 Every line a copy prints is forwarded prefixed with `[p<i>] `. When one copy fails (non-zero exit, or killed),
 the launcher says which (`[launch] process 1 of 2 was killed by SIGKILL; stopping the others`), stops the others
-(SIGTERM, then SIGKILL after `grace_s`) and exits with the failed copy's status.
+(`settle_s` for them to end by themselves, then SIGTERM, then SIGKILL after `grace_s`) and exits with the failed
+copy's status.
 """
 
 from __future__ import annotations
@@ -50,7 +51,15 @@ def _forward(stream, prefix: str, lock: threading.Lock) -> None:
     stream.close()
 
 
-def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
+def _stop(procs: list[subprocess.Popen], grace_s: float, settle_s: float = 0.0) -> None:
+    """Ends the copies still running: `settle_s` for them to end by themselves (when one copy dies, the others'
+    collectives fail at once and they say so in their own words), then SIGTERM, then SIGKILL after `grace_s`."""
+    settle = time.monotonic() + settle_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, settle - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -68,7 +77,7 @@ def _reap(index: int, proc: subprocess.Popen, ended: queue.Queue) -> None:
     ended.put(index)
 
 
-def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10.0) -> int:
+def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10.0, settle_s: float = 3.0) -> int:
     """Runs `command` as processes 0..N-1 of one job; returns 0 when all succeed, else the first failure's status
     (128 + signal number for a copy killed by a signal).
 
@@ -105,7 +114,7 @@ def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10
                     print(f"[launch] process {i} of {num_processes} {_describe(procs[i].returncode)}; "
                           f"{'stopping the others' if running else 'the others have ended'}", flush=True)
                 if running:
-                    _stop(procs, grace_s)
+                    _stop(procs, grace_s, settle_s)
     except KeyboardInterrupt:
         _stop(procs, grace_s)
         first_failed = next((i for i, p in enumerate(procs) if p.returncode != 0), None)
