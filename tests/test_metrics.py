@@ -1,4 +1,5 @@
-"""Training metrics on disk (metrics.jsonl and TensorBoard event files) and the peak-FLOP table used for MFU."""
+"""Training metrics on disk (metrics.jsonl and TensorBoard event files), the peak-FLOP table, the FLOP count of a
+training image and MFU."""
 
 import json
 import math
@@ -6,7 +7,8 @@ import struct
 
 import pytest
 
-from make_jax.train.flops import peak_flops
+from make_jax.models.config import ModelConfig, TextConfig, VisionConfig
+from make_jax.train.flops import model_flops_utilisation, peak_flops, text_forward_flops, train_flops_per_image
 from make_jax.train.metrics_writer import MetricWriter
 
 
@@ -78,3 +80,35 @@ def test_tensorboard_off_writes_only_jsonl_and_disabled_writes_nothing(tmp_path)
 ])
 def test_peak_flops_by_device_kind(kind, peak):
     assert peak_flops(kind) == peak
+
+
+def test_train_flops_per_image_by_hand_on_a_tiny_config():
+    # A config small enough to count every multiply-add by hand (2 FLOPs each; LayerNorm, softmax and the output
+    # projections are not counted, as documented in make_jax/train/flops.py).
+    # Image tower: 32 px, patch 16 -> 2x2 = 4 patches + CLS = 5 tokens; width D = 8, MLP 4·8 = 32, 2 layers.
+    #   per token: q, k, v, out 4·8·8 = 256 MACs; MLP 2·8·32 = 512 MACs -> 768 MACs; x 5 tokens = 3840
+    #   attention: scores 5·5·8 = 200 MACs, mixing 5·5·8 = 200 MACs -> 400
+    #   per layer 4240 MACs; 2 layers 8480 MACs = 16,960 FLOPs
+    #   patch conv: 4 patches x (3·16·16 = 768 inputs) x 8 outputs = 24,576 MACs = 49,152 FLOPs
+    #   image forward: 16,960 + 49,152 = 66,112 FLOPs
+    # Text tower: width 16, MLP ratio 2 -> 32 (not 4·16: checks the MLP width is read), 1 layer, run at 6 tokens
+    # (the `context` argument, not the config's 10).
+    #   per token: 4·16·16 = 1024 MACs; MLP 2·16·32 = 1024 MACs -> 2048; x 6 tokens = 12,288
+    #   attention: 2·6·6·16 = 1152 MACs; layer 13,440 MACs = 26,880 FLOPs
+    #   at the config's 10 tokens: 2048·10 + 2·10·10·16 = 23,680 MACs = 47,360 FLOPs
+    # Training, 3 texts per image, forward + backward = 3 x forward: 3·(66,112 + 3·26,880) = 3·146,752 = 440,256.
+    cfg = ModelConfig(embed_dim=8, vision=VisionConfig(image_size=32, patch_size=16, width=8, layers=2, heads=2),
+                      text=TextConfig(context_length=10, width=16, layers=1, heads=2, mlp_ratio=2.0))
+    assert text_forward_flops(cfg) == 47_360
+    assert text_forward_flops(cfg, 6) == 26_880
+    assert train_flops_per_image(cfg, 3, 6) == 440_256
+
+
+def test_mfu_by_hand():
+    # The spec's ViT-B/16 training cost with 11 texts: 3·(35.13 + 5.96·11) = 3·100.69 = 302.07 GFLOP per image.
+    # 1,000 images/s on one H100 (989 TFLOP/s): 1000·302.07e9 / 989e12 = 302.07 / 989 = 0.305430...
+    assert model_flops_utilisation(1000.0, 302.07e9, 989e12, 1) == pytest.approx(0.3054297270, rel=1e-9)
+    # The same 1,000 images/s (global) over 4 devices: each does a quarter -> 0.305430 / 4 = 0.0763574...
+    assert model_flops_utilisation(1000.0, 302.07e9, 989e12, 4) == pytest.approx(0.0763574317, rel=1e-9)
+    # 8 A100s (312 TFLOP/s each) at 2,000 images/s of 100 GFLOP: 2e14 / 2.496e15 = 0.0801282...
+    assert model_flops_utilisation(2000.0, 100e9, 312e12, 8) == pytest.approx(0.0801282051, rel=1e-9)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from conftest import tiny_train_config
 from make_jax.models import create_model, get_model_config
@@ -24,11 +25,16 @@ def test_encoder_set_params_equals_a_fresh_encoder():
     assert np.abs(before - enc.encode_image(images)).max() > 1e-3
 
 
-def test_periodic_zero_shot_is_logged_and_matches_the_export(synthderm_small, tmp_path):
+def test_periodic_zero_shot_is_logged_and_matches_the_export(synthderm_small, tmp_path, monkeypatch):
+    import jax
+
     import make_jax
     from make_jax.evaluate import zero_shot
+    from make_jax.train import loop
     from make_jax.train.loop import train
 
+    # Pretend the CPU has a known peak (1 TFLOP/s) so that the loop logs MFU: checks its wiring below.
+    monkeypatch.setattr(loop, "peak_flops", lambda kind: 1e12)
     root, records = synthderm_small
     c = tiny_train_config(records, total_steps=4, checkpoint_every=4)
     csv, classes = str(root / "zeroshot" / "test.csv"), str(root / "zeroshot" / "classnames.json")
@@ -41,6 +47,19 @@ def test_periodic_zero_shot_is_logged_and_matches_the_export(synthderm_small, tm
     ref = zero_shot.run(make_jax.load(result["export"]), csv=csv, classes=classes, progress=False)
     assert evals[-1]["zs/top1"] == ref["metrics"]["top1"]
     assert 0.0 <= evals[0]["zs/top1"] <= 1.0 and 0.0 <= evals[0]["zs/auroc"] <= 1.0
+    # MFU = images/s x FLOPs per training image / (peak x devices). The tiny preset (tests/test_model.py) at the
+    # demo's 32 px and 16 tokens, all 11 text slots encoded, counted by hand as in tests/test_metrics.py:
+    # image: 32/8 = 4x4 = 16 patches + CLS = 17 tokens, width 64, MLP 256, 2 layers: per layer
+    #   12·64²·17 + 2·17²·64 = 835,584 + 36,992 = 872,576 MACs; x 2 = 1,745,152; patch conv 16·(3·8·8)·64 =
+    #   196,608 MACs -> 1,941,760 MACs = 3,883,520 FLOPs
+    # text: 16 tokens, width 64, MLP 256, 2 layers: per layer 12·64²·16 + 2·16²·64 = 786,432 + 32,768 = 819,200
+    #   MACs; x 2 = 1,638,400 MACs = 3,276,800 FLOPs
+    # training: 3·(3,883,520 + 11·3,276,800) = 3·39,928,320 = 119,784,960 FLOPs per image
+    train_rows = [l for l in lines if l["split"] == "train"]
+    assert train_rows
+    for row in train_rows:
+        assert row["mfu"] == pytest.approx(row["images_per_s"] * 119_784_960 / (1e12 * jax.device_count()),
+                                           rel=1e-9)
 
 
 def test_microbatched_training_matches_one_pass(synthderm_small, tmp_path):

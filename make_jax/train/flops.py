@@ -45,6 +45,13 @@ def train_flops_per_image(cfg: ModelConfig, texts_per_image: float, context: int
     return 3.0 * (image_forward_flops(cfg) + texts_per_image * text_forward_flops(cfg, context))
 
 
+def model_flops_utilisation(images_per_s: float, flops_per_image: float, peak_per_device: float,
+                            device_count: int) -> float:
+    """MFU: the training FLOP/s achieved (global images/s × `train_flops_per_image`) over the peak of all
+    `device_count` devices (`peak_per_device` × device_count), a fraction in [0, 1] for a sane measurement."""
+    return images_per_s * flops_per_image / (peak_per_device * device_count)
+
+
 def peak_flops(device_kind: str) -> float | None:
     for name, peak in PEAK_BF16_FLOPS.items():
         if name in device_kind:

@@ -31,7 +31,7 @@ from make_jax.models import ModelConfig, create_model, get_model_config
 from make_jax.train.checkpointing import TrainCheckpoints, abstract_like
 from make_jax.train.distributed import allgather_host, broadcast_json, initialize_from_environment, process_block
 from make_jax.train.config import ConfigError, check_config, check_paths, check_steps
-from make_jax.train.flops import peak_flops, train_flops_per_image
+from make_jax.train.flops import model_flops_utilisation, peak_flops, train_flops_per_image
 from make_jax.train.metrics_writer import MetricWriter
 from make_jax.train.optimizer import make_optimizer
 from make_jax.train.gradcache import select_train_step
@@ -261,7 +261,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
                 if pack is not None:
                     last["packing_dropped_texts"] = dropped_texts
                 if peak:
-                    last["mfu"] = ips * flops_per_image / (peak * jax.device_count())
+                    last["mfu"] = model_flops_utilisation(ips, flops_per_image, peak, jax.device_count())
                 writer.write(step, last)
                 bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "mkcl", "slra", "lr", "logit_scale",
                                                                   "images_per_s", "mfu") if k in last})
