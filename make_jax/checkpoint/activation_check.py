@@ -37,16 +37,11 @@ def open_encoder(model: str, activation: str):
     from make_jax.checkpoint import orbax_io
 
     if orbax_io.is_checkpoint(model):
-        from flax import nnx
-
         from make_jax.inference import Encoder
-        from make_jax.models import create_model
 
         cfg = orbax_io.read_config(model).replace(activation=activation)
-        net = create_model(cfg)
-        state = nnx.state(net, nnx.Param)
-        nnx.replace_by_pure_dict(state, orbax_io.load_params(model, cfg))
-        nnx.update(net, state)
+        # built around the loaded parameters (no random initialisation to throw away)
+        net = orbax_io.model_with_params(cfg, orbax_io.load_params(model, cfg))
         return Encoder(net, batch_size=1, preprocess_cfg=orbax_io.read_preprocess_cfg(model))
     return make_jax.load(model, batch_size=1, activation=activation, cache=False)
 
