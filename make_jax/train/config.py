@@ -238,9 +238,24 @@ def check_config(config) -> TrainOptions:
         for name, kind in extra.items():
             if name in node and not isinstance(node[name], kind):
                 raise ConfigError(f"config.{name} must be a {kind.__name__}, got {node[name]!r}")
+    _check_context_length(typed["model"], typed["data"])
     return TrainOptions(run=typed[""], model=typed["model"], loss=typed["loss"], data=typed["data"],
                         augment=typed["data.augment"], optim=typed["optim"], packing=typed["packing"],
                         evals=_evals(tree), prepare={p.split(".", 1)[1]: typed[p] for p in steps})
+
+
+def _check_context_length(model: ModelOptions, data: DataOptions) -> None:
+    """`data.context_length` within what the text tower's tokenizer can give: the records' stored CLIP BPE ids
+    are 77 long (a CLIP tower reads them cut to L); WordPiece needs [CLS] and [SEP]. (A BERT directory's
+    max_position_embeddings bounds it too: checked with the directory, make_jax.train.text_tower.)"""
+    from make_jax.data.records import CONTEXT_LENGTH
+
+    L = data.context_length
+    if model.text_tower == "clip" and not 1 <= L <= CONTEXT_LENGTH:
+        raise ConfigError(f"config.data.context_length must be in [1, {CONTEXT_LENGTH}] for text_tower='clip' (the "
+                          f"records' stored CLIP ids are {CONTEXT_LENGTH} long), got {L}")
+    if model.text_tower == "bert" and L < 2:
+        raise ConfigError(f"config.data.context_length must be >= 2 for text_tower='bert' ([CLS] and [SEP]), got {L}")
 
 
 def _prepare_sections(tree: dict) -> dict[str, tuple[type, tuple[str, ...]]]:
