@@ -108,6 +108,42 @@ def test_steps_batch_and_paths_are_checked_before_any_work(tmp_path):
         check_paths(check_config(c))
 
 
+@pytest.mark.parametrize("case, needle", [
+    ("vocab", "config.model.text_vocab: no WordPiece vocab.txt at"),
+    ("init", "config.model.text_init: no Hugging Face BertModel directory at"),
+    ("no_config_json", "config.model.text_init: "),
+    ("too_long", "config.data.context_length=41 exceeds the max_position_embeddings (40) of config.model.text_init"),
+])
+def test_the_text_towers_files_are_checked_before_data_preparation(tmp_path, monkeypatch, case, needle):
+    """A wrong text_init / text_vocab, or a context longer than the BERT's position table, stops `run` before its
+    data preparation steps (which may take long), in one line naming the field."""
+    from configs.demo import get_config
+    from make_jax.train import run as run_module
+    from make_jax.train.config import ConfigError
+
+    prepared = []
+    monkeypatch.setattr(run_module, "prepare_data_once", lambda config: prepared.append(config))
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nskin\n", encoding="utf-8")
+    if case != "no_config_json":  # what bert_text_config reads of a Hugging Face BertModel directory
+        (bert / "config.json").write_text(json.dumps(dict(
+            model_type="bert", vocab_size=5, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=16, max_position_embeddings=40)), encoding="utf-8")
+    c = get_config()
+    c.model.text_tower = "bert"
+    c.model.text_vocab, c.model.text_init, c.data.context_length = {
+        "vocab": (str(tmp_path / "nope.txt"), "", 16),
+        "init": ("", str(tmp_path / "nope"), 16),
+        "no_config_json": ("", str(bert), 16),
+        "too_long": ("", str(bert), 41),
+    }[case]
+    with pytest.raises(ConfigError) as e:
+        run_module.run(c, tmp_path / "work")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert prepared == []
+
+
 def test_the_demo_keeps_a_records_path_the_user_gives(synthderm_small):
     from configs.demo import get_config
     from make_jax.train.prepare import run_prepare

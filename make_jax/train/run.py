@@ -12,6 +12,7 @@ from make_jax.train.config import check_config
 from make_jax.train.distributed import barrier, broadcast_json, initialize_from_environment
 from make_jax.train.loop import train
 from make_jax.train.prepare import run_prepare
+from make_jax.train.text_tower import text_config_from
 
 logger = logging.getLogger("make_jax.train")
 
@@ -33,7 +34,8 @@ def run(config, workdir: str | Path, *, allow_config_change: bool = False) -> di
     process 0 alone prepares the data, evaluates and writes the results, and the others wait for it at the end."""
     initialize_from_environment()
     workdir = Path(workdir)
-    check_config(config)  # before the data preparation steps
+    options = check_config(config)  # before the data preparation steps, as is the text tower's BERT directory or
+    text_config_from(options)         # vocabulary (and its max_position_embeddings): neither needs the records
     prepare_data_once(config)
     result = train(config, workdir, allow_config_change=allow_config_change)
     if result.get("export"):

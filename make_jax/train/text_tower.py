@@ -31,8 +31,18 @@ def text_config_from(config) -> TextConfig | None:
         return None
     if m.text_init:
         from make_jax.checkpoint.hf_bert import bert_text_config
+        from make_jax.errors import InputError
 
-        return bert_text_config(_existing(m.text_init, "text_init", directory=True), context_length=length)
+        try:  # at its full length first, to name the config field that is out of range
+            text = bert_text_config(_existing(m.text_init, "text_init", directory=True))
+        except ConfigError:
+            raise
+        except InputError as e:  # no config.json, an unsupported BERT, no vocab.txt beside it
+            raise ConfigError(f"config.model.text_init: {e}") from None
+        if length > text.context_length:
+            raise ConfigError(f"config.data.context_length={length} exceeds the max_position_embeddings "
+                              f"({text.context_length}) of config.model.text_init {m.text_init}")
+        return dataclasses.replace(text, context_length=length)
     from make_jax.models.config import PRESETS
     from make_jax.tokenizer.wordpiece import WordPieceTokenizer
 
