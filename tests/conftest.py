@@ -47,6 +47,17 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+# synthderm_small's generator config: a config whose prepare.synthderm.out is that folder must ask for the same one
+# (make_jax/synthderm/prepare.py refuses another), so tests set these fields (synthderm_small_prepare).
+SYNTHDERM_SMALL = dict(seed=3, num_train=48, num_val=8, num_zeroshot=32, num_concepts=24, num_retrieval=8,
+                       image_size=40)
+
+
+def synthderm_small_prepare(root) -> dict:
+    """`config.prepare.synthderm` fields that reuse synthderm_small at `root` (its generator config, its records)."""
+    return dict(SYNTHDERM_SMALL, out=str(root), records=str(root / "records"), shorter_side=36)
+
+
 @pytest.fixture(scope="session")
 def synthderm_small(tmp_path_factory):
     """(SynthDerm root, records dataset directory) — 48 training images of 40 px, shorter side 36 in records."""
@@ -54,8 +65,7 @@ def synthderm_small(tmp_path_factory):
     from make_jax.synthderm import SynthDermConfig, generate
 
     root = tmp_path_factory.mktemp("synthderm")
-    generate(root, SynthDermConfig(seed=3, num_train=48, num_val=8, num_zeroshot=32, num_concepts=24,
-                                   num_retrieval=8, image_size=40), workers=1, progress=False)
+    generate(root, SynthDermConfig(**SYNTHDERM_SMALL), workers=1, progress=False)
     res = convert(str(root / "make" / "train.csv"), str(root / "make"), str(root / "records"),
                   val_csv=str(root / "make" / "val.csv"), shorter_side=36, workers=0, progress=False,
                   log=lambda *_: None)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import synthderm_small_prepare
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -21,8 +23,7 @@ def test_launch_plain_run_trains_exports_and_evaluates(synthderm_small, tmp_path
     root, records = synthderm_small
     work = tmp_path / "run"
     proc = _run(["launch.py", "--config", "configs/demo.py", "--workdir", str(work),
-                 f"--config.prepare.synthderm.out={root}", f"--config.prepare.synthderm.records={root / 'records'}",
-                 "--config.prepare.synthderm.shorter_side=36",
+                 *(f"--config.prepare.synthderm.{k}={v}" for k, v in synthderm_small_prepare(root).items()),
                  f"--config.evals.zeroshot.csv={root / 'zeroshot' / 'test.csv'}",
                  f"--config.evals.zeroshot.classes={root / 'zeroshot' / 'classnames.json'}",
                  f"--config.evals.concepts.data_dir={root / 'skincon'}",

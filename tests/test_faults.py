@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_train_config
+from conftest import synthderm_small_prepare, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,8 +150,7 @@ def test_the_demo_keeps_a_records_path_the_user_gives(synthderm_small):
 
     root, _ = synthderm_small
     c = get_config()
-    c.prepare.synthderm.out = str(root)
-    c.prepare.synthderm.records = str(root / "records_should_not_be_made")
+    c.prepare.synthderm.update(synthderm_small_prepare(root), records=str(root / "records_should_not_be_made"))
     c.data.records = "/data/my_records"
     run_prepare(c)
     assert c.data.records == "/data/my_records"

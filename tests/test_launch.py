@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import synthderm_small_prepare
 from make_jax.losses import LossConfig
 from make_jax.models import get_model_config
 from make_jax.train.flops import image_forward_flops, text_forward_flops, train_flops_per_image
@@ -148,9 +149,7 @@ def test_sweep_trains_and_evaluates_one_real_row(synthderm_small, tmp_path):
 
     root, records = synthderm_small
     config = get_config("rows=make")
-    config.prepare.synthderm.out = str(root)
-    config.prepare.synthderm.records = str(root / "records")
-    config.prepare.synthderm.shorter_side = 36
+    config.prepare.synthderm.update(synthderm_small_prepare(root))
     config.evals = synthderm_evals(str(root))
     config.model.name = "tiny"
     config.data.image_size = 32

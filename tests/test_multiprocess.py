@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import synthderm_small_prepare
 from make_jax.train.distributed import DistributedSetupError, heartbeat_timeout_s, job_from_environment
 from make_jax.train.local_job import run_local_job, strip_flag
 
@@ -123,10 +124,7 @@ def _launch(workdir: Path, root: Path, *, devices: int, processes: int, steps: i
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(k, None)
     cmd = [sys.executable, "launch.py", "--config", "configs/demo.py", "--workdir", str(workdir),
-           f"--config.prepare.synthderm.out={root}", f"--config.prepare.synthderm.records={root / 'records'}",
-           "--config.prepare.synthderm.shorter_side=36", "--config.prepare.synthderm.num_train=48",
-           "--config.prepare.synthderm.num_val=8", "--config.prepare.synthderm.image_size=40",
-           "--config.prepare.synthderm.seed=3",
+           *(f"--config.prepare.synthderm.{k}={v}" for k, v in synthderm_small_prepare(root).items()),
            f"--config.total_steps={steps}", "--config.batch_size=8", "--config.data.context_length=16",
            "--config.evals.zeroshot.every=0", f"--config.evals.zeroshot.csv={root / 'zeroshot' / 'test.csv'}",
            f"--config.evals.zeroshot.classes={root / 'zeroshot' / 'classnames.json'}",

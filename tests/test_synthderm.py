@@ -516,3 +516,32 @@ def test_prepare_step_hands_every_generator_field_to_the_generator(tmp_path, mon
     config.prepare.synthderm.num_concepts = -1
     with pytest.raises(ConfigError, match=r"^config\.prepare\.synthderm: num_concepts must be >= 0, got -1$"):
         check_config(config)
+
+
+def test_prepare_step_refuses_a_folder_generated_with_another_config(tmp_path, monkeypatch):
+    """An existing `out` is reused only when its synthderm.json says it was generated with the generator fields
+    asked for; otherwise one line names the first differing field, the saved and the asked value (the fields are
+    never silently ignored)."""
+    sys.path.insert(0, ROOT)  # the configs package
+    from configs.demo import get_config
+    from make_jax.synthderm import prepare as step
+    from make_jax.synthderm.generate import manifest
+    from make_jax.train.config import ConfigError
+    from make_jax.train.prepare import run_prepare
+
+    saved = SynthDermConfig(seed=7, num_train=3, num_val=1, num_zeroshot=5, image_size=24)
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "synthderm.json").write_text(json.dumps(manifest(saved)), encoding="utf-8")
+    calls = []
+    monkeypatch.setattr(step, "generate", lambda *a, **kw: calls.append(a))
+    config = get_config()
+    config.prepare.synthderm.update(dataclasses.asdict(saved), out=str(tmp_path / "sd"))
+    config.data.records = str(tmp_path / "given")  # a dataset the user named: the step only generates
+    run_prepare(config)  # the same generator config: reused
+    config.prepare.synthderm.update(num_zeroshot=6, image_size=32)
+    with pytest.raises(ConfigError) as e:
+        run_prepare(config)
+    assert re.fullmatch(r"config\.prepare\.synthderm\.num_zeroshot=6 but the SynthDerm in \S+ was generated with "
+                        r"num_zeroshot=5; use another config\.prepare\.synthderm\.out or delete that folder",
+                        str(e.value)), str(e.value)
+    assert calls == []

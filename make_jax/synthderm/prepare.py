@@ -4,7 +4,8 @@ Options (``SynthDermOptions``): every field of the generator's ``SynthDermConfig
 ``num_val``, ``num_zeroshot``, ..., ``image_size``: generated px), plus ``out`` (SynthDerm folder), ``records``
 (records root) and ``shorter_side`` (records px). When ``config.data.records`` is empty the step converts SynthDerm
 and points it at the converted dataset; a dataset the user named there is kept (SynthDerm is still generated: the
-demo evaluates on it). Both halves resume: the generator is skipped when ``out/synthderm.json`` exists, the
+demo evaluates on it). Both halves resume: the generator is skipped when ``out/synthderm.json`` exists (its saved
+generator config must be the one asked for: another one is refused naming the first differing field), the
 converter skips finished shards.
 """
 
@@ -44,6 +45,29 @@ def generator_config(options: SynthDermOptions) -> SynthDermConfig:
     return SynthDermConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(SynthDermConfig)})
 
 
+def check_saved_generator(root: Path, asked: SynthDermConfig) -> None:
+    """The SynthDerm already in `root` was generated with `asked` (its synthderm.json's "config"); otherwise
+    ConfigError naming the first differing field, the saved and the asked value — the folder is reused, never
+    silently taken for another generator config."""
+    import json
+
+    from make_jax.train.config import ConfigError
+
+    path = root / "synthderm.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"config.prepare.synthderm.out: {path} is not a SynthDerm manifest ({e!r}); use another "
+                          "out or delete it") from None
+    for f in dataclasses.fields(SynthDermConfig):
+        want = getattr(asked, f.name)
+        have = saved.get(f.name, "<absent>") if isinstance(saved, dict) else "<absent>"
+        if have != want:
+            raise ConfigError(f"config.prepare.synthderm.{f.name}={want!r} but the SynthDerm in {root} was "
+                              f"generated with {f.name}={have!r}; use another config.prepare.synthderm.out or "
+                              "delete that folder")
+
+
 def prepare(config, options: SynthDermOptions) -> None:
     from make_jax.records.convert import convert
 
@@ -51,6 +75,8 @@ def prepare(config, options: SynthDermOptions) -> None:
     if not (root / "synthderm.json").is_file():
         logger.info("generating SynthDerm in %s", root)
         generate(root, generator_config(options), workers=1, progress=config.progress)
+    else:
+        check_saved_generator(root, generator_config(options))
     if config.data.records:
         logger.info("training on config.data.records=%s (not SynthDerm's records)", config.data.records)
         return
