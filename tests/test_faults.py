@@ -73,6 +73,8 @@ def test_loss_eps_is_honoured():
     (lambda c: c.data.__setitem__("recods", "x"), "config.data.recods: unknown field"),
     (lambda c: c.data.__setitem__("shuffle", False), "config.data.shuffle: unknown field"),  # was never read
     (lambda c: c.__delitem__("log_every"), "config.log_every: missing"),
+    (lambda c: setattr(c.packing, "groups", (0.6, 0.2, 0.1)),
+     "config.packing.groups must sum to 1, got (0.6, 0.2, 0.1)"),
     (lambda c: setattr(c.data, "context_length", 78), "config.data.context_length must be in [1, 77]"),
     (lambda c: (c.model.update(text_tower="bert", text_vocab="vocab.txt"), setattr(c.data, "context_length", 1)),
      "config.data.context_length must be >= 2 for text_tower='bert'"),

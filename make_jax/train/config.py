@@ -165,6 +165,8 @@ class PackingOptions:
             raise ConfigError(f"config.packing.quantile must be in (0, 1], got {self.quantile}")
         if not self.groups or any(g <= 0 for g in self.groups):
             raise ConfigError(f"config.packing.groups must be positive fractions, got {self.groups}")
+        if abs(sum(self.groups) - 1) > 1e-6:  # fractions of the encoded budget
+            raise ConfigError(f"config.packing.groups must sum to 1, got {self.groups} (sum {sum(self.groups):g})")
 
 
 @dataclasses.dataclass(frozen=True)
