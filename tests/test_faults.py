@@ -171,6 +171,12 @@ def test_launch_refuses_bad_config_in_one_line(args, needles):
     _one_line_error(proc, *needles)
 
 
+def test_a_negative_local_processes_is_refused_in_one_line():
+    proc = _cli("launch.py", "--config", "configs/demo.py", "--local_processes=-1")
+    assert proc.returncode == 2
+    _one_line_error(proc, "launch.py: error:", "local_processes", "-1")
+
+
 # ---- config drift in a used workdir ----------------------------------------------------------------------------
 
 def test_config_drift_is_refused_naming_each_field_and_the_record_is_kept(tmp_path):

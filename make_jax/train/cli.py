@@ -49,7 +49,7 @@ def define_flags() -> types.SimpleNamespace:
             print_config=flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit."),
             local_processes=flags.DEFINE_integer(
                 "local_processes", 0, "Start this command as N processes of one multi-process job on this "
-                "machine (127.0.0.1, a free port); their output is prefixed [p<i>]."),
+                "machine (127.0.0.1, a free port); their output is prefixed [p<i>].", lower_bound=0),
             allow_config_change=flags.DEFINE_bool(
                 "allow_config_change", False, "Continue the run in a used workdir although its config differs "
                 "(the changes are logged in WORKDIR/config_changes.jsonl)."),
