@@ -28,9 +28,17 @@ from typing import Sequence
 __all__ = ["config_fields", "main", "parse_flags", "prepare_argv"]
 
 DEFAULT_CONFIG = "demo"
-PROG = "launch.py"  # the name errors are reported under (docs/training.md quotes `launch.py: error: ...`)
 
 _flags: types.SimpleNamespace | None = None
+
+
+def prog() -> str:
+    """The name errors are reported under (`NAME: error: ...`): the program as invoked — `launch.py` in a
+    checkout, `make-jax-train` when installed, `python -m make_jax.train.cli`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name}"
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "make-jax-train"
 
 
 def define_flags() -> types.SimpleNamespace:
@@ -153,7 +161,7 @@ def parse_flags(argv):
 def _fail(message: str):
     from make_jax.errors import one_line
 
-    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
+    print(f"{prog()}: error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -162,7 +170,7 @@ def _app_main(argv):
     from make_jax.errors import exit_on_input_error
 
     try:
-        with exit_on_input_error(PROG):
+        with exit_on_input_error(prog()):
             _train()
     except BaseException as e:
         _leave_at_once_if_multiprocess(e)
@@ -186,7 +194,7 @@ def _leave_at_once_if_multiprocess(error: BaseException) -> None:
 
         lost = lost_peer_message(error, jax.process_index(), jax.process_count())
         if lost:  # a consequence of another process's end, not a bug here: one line, no traceback
-            print(f"{PROG}: error: {lost}", file=sys.stderr)
+            print(f"{prog()}: error: {lost}", file=sys.stderr)
         else:
             import traceback
 
