@@ -72,6 +72,7 @@ def test_loss_eps_is_honoured():
     (lambda c: setattr(c.data, "slot0", "dager"), "config.data: slot0 must be 'raw' or 'dagger'"),
     (lambda c: c.data.__setitem__("recods", "x"), "config.data.recods: unknown field"),
     (lambda c: c.data.__setitem__("shuffle", False), "config.data.shuffle: unknown field"),  # was never read
+    (lambda c: c.data.__setitem__("num_slots", 5), "config.data.num_slots: unknown field"),  # batches hold 11
     (lambda c: c.__delitem__("log_every"), "config.log_every: missing"),
     (lambda c: setattr(c.packing, "groups", (0.6, 0.2, 0.1)),
      "config.packing.groups must sum to 1, got (0.6, 0.2, 0.1)"),

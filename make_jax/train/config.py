@@ -115,16 +115,10 @@ class DataOptions(PipelineOptions):
     records: the dataset directory (`python -m make_jax.records.convert`); with a `prepare.synthderm` step, empty
     means SynthDerm's records.
     split: the records' split to train on.
-    num_slots: text slots per image (counts the texts a step encodes, for FLOPs).
     """
 
     records: str = ""
     split: str = "train"
-    num_slots: int = 11
-
-    def __post_init__(self):
-        super().__post_init__()
-        _positive(self, "num_slots", section="data")
 
 
 @dataclasses.dataclass(frozen=True)

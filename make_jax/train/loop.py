@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from make_jax.atomic_io import check_writable
+from make_jax.data.schema import NUM_SLOTS
 from make_jax.errors import Interrupted
 from make_jax.losses import LossConfig
 from make_jax.losses.siglip import SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT
@@ -217,7 +218,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     log_every = config.log_every
     ckpt_every = config.checkpoint_every
     peak = peak_flops(jax.devices()[0].device_kind)
-    texts_per_image = loss_cfg.slots_used(config.data.num_slots)
+    texts_per_image = loss_cfg.slots_used(NUM_SLOTS)  # the slots every batch holds (make_jax.data.schema)
     flops_per_image = train_flops_per_image(model_cfg, texts_per_image, config.data.context_length)
 
     evaluator = TrainingEvals(eval_entries, fns, options.run.eval_batch_size) if is_main and eval_entries else None
