@@ -188,12 +188,13 @@ def test_hugging_face_clip_dir_is_converted_in_memory_exactly(tmp_path):
 
 
 def test_training_init_from_takes_any_reference(oc, offline_hub):
-    import ml_collections
-
+    from configs.common import base_config
     from make_jax.train.loop import initial_params
 
     src, ckpt = oc
     ref = flat_ckpt(ckpt)
     for init in (str(src), "hf-hub:org/tiny-clip", str(ckpt)):
-        got = flat(initial_params(ml_collections.ConfigDict({"init_from": init}), read_config(ckpt), {}))
+        config = base_config()  # the whole training config, as train() passes it
+        config.init_from = init
+        got = flat(initial_params(config, read_config(ckpt), {}))
         assert sorted(got) == sorted(ref) and all(np.array_equal(got[k], ref[k]) for k in ref), init
