@@ -95,6 +95,16 @@ def test_command_line_overrides_reach_the_resolved_config():
     assert bad.returncode != 0 and "no_such_field" in bad.stderr
 
 
+def test_overrides_without_config_take_the_demo_from_any_directory(tmp_path):
+    # No --config: the demo config, found by name, not as configs/demo.py under the working directory.
+    proc = subprocess.run([sys.executable, str(REPO / "launch.py"), "--config.batch_size=3",
+                           "--config.loss.slra=False", "--print_config"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads(proc.stdout)
+    assert cfg["batch_size"] == 3 and cfg["loss"]["slra"] is False and cfg["model"]["name"] == "tiny"
+
+
 def test_sweep_orchestration_with_training_stubbed(tmp_path):
     # The sweep's own job — rows in order, each row's switches on an otherwise identical copy of the config, one
     # work directory per row, one table — checked with training replaced by a stub (the real row is below).

@@ -49,8 +49,10 @@ def define_flags() -> types.SimpleNamespace:
         from ml_collections import config_flags
 
         _flags = types.SimpleNamespace(
-            config=config_flags.DEFINE_config_file("config", "configs/demo.py",
-                                                   "Training config file (get_config())."),
+            # no default here: prepare_argv always passes --config (the demo's path when none is given); a
+            # default is loaded from the cwd, which fails outside the checkout, and a loadable one is parsed twice
+            config=config_flags.DEFINE_config_file("config", None, "Training config file (get_config()); "
+                                                   f"default: {DEFAULT_CONFIG}."),
             workdir=flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, export. "
                                         "Default: runs/<config name>."),
             sweep=flags.DEFINE_bool("sweep", False, "Run every row of an ablation config and tabulate them."),
