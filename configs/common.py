@@ -9,7 +9,7 @@ import ml_collections
 
 from make_jax.data.transforms import TrainTransformConfig
 from make_jax.losses import LossConfig
-from make_jax.train.config import DataOptions, ModelOptions, OptimOptions, PackingOptions, RunOptions, section
+from make_jax.train.config import DataOptions, MeshOptions, ModelOptions, OptimOptions, PackingOptions, RunOptions, section
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.augment = section(TrainTransformConfig, exclude=("size",))  # size is data.image_size
     c.optim = section(OptimOptions)
     c.packing = section(PackingOptions)
+    # Devices per mesh axis (-1: the rest): {data: -1, fsdp: 1} replicates the parameters; fsdp=8 splits them
+    # and the optimizer state over 8 devices (ViT-L/14 and up), by config.sharding_rules (docs/training.md).
+    c.mesh = section(MeshOptions)
     # Data preparation steps run before training, {step: options} (make_jax.train.prepare.STEPS).
     c.prepare = ml_collections.ConfigDict()
 

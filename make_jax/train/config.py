@@ -41,6 +41,9 @@ class RunOptions:
     same loss and gradients as one pass with the memory of one micro-batch's activations.
     checkpoint_every: steps between checkpoints (the last step is always saved).
     eval_batch_size: images per encoder call of the evaluations in `config.evals`.
+    sharding_rules: ((regex, spec), ...) over '/'-joined parameter names, first full match wins: how parameters
+    and optimizer state are split over the `config.mesh` axes (make_jax/train/sharding.py; a spec is one entry
+    per array axis, a mesh axis name or None). Unmatched parameters get the automatic fsdp rule.
     """
 
     seed: int = 0
@@ -55,8 +58,12 @@ class RunOptions:
     tensorboard: bool = True
     progress: bool = True
     eval_batch_size: int = 64
+    sharding_rules: tuple[tuple[str, tuple[str | None, ...]], ...] = ()
 
     def __post_init__(self):
+        from make_jax.train.sharding import check_rules  # here, not at the top: sharding imports this module
+
+        check_rules(self.sharding_rules)
         _positive(self, "batch_size", "microbatches", "log_every", "checkpoint_every", "keep_checkpoints",
                   "eval_batch_size")
         if self.total_steps < 0 or self.epochs < 0:
@@ -142,6 +149,24 @@ class OptimOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshOptions:
+    """`config.mesh`: devices on each mesh axis, -1 = the rest (make_jax/train/sharding.py). Both axes split the
+    batch; parameters and optimizer state are replicated over `data` and split over `fsdp` (for towers that do
+    not fit replicated, ViT-L/14 and up). data x fsdp must be the device count (checked when training starts)."""
+
+    data: int = -1
+    fsdp: int = 1
+
+    def __post_init__(self):
+        for name in ("data", "fsdp"):
+            if getattr(self, name) != -1 and getattr(self, name) < 1:
+                raise ConfigError(f"config.mesh.{name} must be >= 1 or -1 (the rest of the devices), got "
+                                  f"{getattr(self, name)}")
+        if self.data == -1 and self.fsdp == -1:
+            raise ConfigError("config.mesh: only one axis may be -1, got data=-1, fsdp=-1")
+
+
+@dataclasses.dataclass(frozen=True)
 class PackingOptions:
     """Exact text savings (paper mode; make_jax/train/packing.py, docs/performance.md): encode only
     the valid texts, once each, in length groups at the shortest context that holds them. Budgets come from
@@ -177,6 +202,7 @@ SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "data": (DataOptions, ()),
     "data.augment": (TrainTransformConfig, ("size",)),  # size is data.image_size
     "optim": (OptimOptions, ()),
+    "mesh": (MeshOptions, ()),
     "packing": (PackingOptions, ()),
     "prepare": (PrepareSteps, ()),
 }
@@ -208,6 +234,7 @@ class TrainOptions:
     data: DataOptions
     augment: TrainTransformConfig
     optim: OptimOptions
+    mesh: MeshOptions
     packing: PackingOptions
     evals: tuple  # of make_jax.evaluate.suite.EvalEntry
     prepare: dict  # step name -> its options (the step's OPTIONS dataclass, make_jax/train/prepare.py)
@@ -236,7 +263,8 @@ def check_config(config) -> TrainOptions:
                 raise ConfigError(f"config.{name} must be a {kind.__name__}, got {node[name]!r}")
     _check_context_length(typed["model"], typed["data"])
     return TrainOptions(run=typed[""], model=typed["model"], loss=typed["loss"], data=typed["data"],
-                        augment=typed["data.augment"], optim=typed["optim"], packing=typed["packing"],
+                        augment=typed["data.augment"], optim=typed["optim"], mesh=typed["mesh"],
+                        packing=typed["packing"],
                         evals=_evals(tree), prepare={p.split(".", 1)[1]: typed[p] for p in steps})
 
 

@@ -36,7 +36,8 @@ from make_jax.train.flops import model_flops_utilisation, peak_flops, train_flop
 from make_jax.train.metrics_writer import MetricWriter
 from make_jax.train.optimizer import make_optimizer
 from make_jax.train.gradcache import select_train_step
-from make_jax.train.step import ModelFunctions, TrainState, batch_sharding, jit_train_step, make_mesh, replicated
+from make_jax.train.sharding import check_fsdp_within_processes, host_copy, memory_report
+from make_jax.train.step import ModelFunctions, batch_sharding, init_sharded_state, jit_train_step, make_mesh
 from make_jax.train.workdir import claim_workdir
 
 logger = logging.getLogger("make_jax.train")
@@ -168,6 +169,8 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
         from make_jax.train.data import make_train_data as make_data
     initialize_from_environment()
     check_init_from(config)  # before any work
+    mesh = make_mesh(data=options.mesh.data, fsdp=options.mesh.fsdp)
+    check_fsdp_within_processes(mesh)
     workdir = check_writable(workdir, "workdir")
     eval_entries = list(options.evals)
     is_main = jax.process_index() == 0
@@ -187,10 +190,8 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     optimizer, schedule = make_optimizer(
         params, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=total_steps, b1=o.b1, b2=o.b2, eps=o.eps,
         weight_decay=o.weight_decay, grad_clip_norm=o.grad_clip_norm or None)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-
-    mesh = make_mesh()
-    state = jax.device_put(state, jax.tree.map(lambda _: replicated(mesh), state))
+    state, state_sh = init_sharded_state(params, optimizer, mesh, options.run.sharding_rules)
+    logger.info(memory_report(state, state_sh, mesh))
     ckpts = TrainCheckpoints(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
     start = 0
     latest = ckpts.latest_step()
@@ -208,7 +209,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     pack = packing_config(config, loss_cfg, microbatches, model_cfg)
     # microbatches > 1: GradCache (same loss and gradients as one pass, activations of one micro-batch at a time)
     step_impl = select_train_step(fns, optimizer, loss_cfg, schedule, microbatches)
-    step_fn = jit_train_step(step_impl, mesh, state)
+    step_fn = jit_train_step(step_impl, mesh, state, state_sh)
     sharding = batch_sharding(mesh)
     if pack is not None:
         from make_jax.train.packing import pack_process_batch
@@ -349,7 +350,7 @@ class TrainingEvals:
         from make_jax.evaluate.suite import run_evals
         from make_jax.inference import Encoder
 
-        host = jax.device_get(params)
+        host = host_copy(params)  # this process's shards only: process 0 evaluates alone
         if self.encoder is None:
             self.encoder = Encoder(self.fns.merge(host), batch_size=self.batch_size)
         else:
@@ -369,5 +370,5 @@ def export(params, model_cfg: ModelConfig, out: Path) -> Path:
     """The inference export: parameters + model config only, opened by `make_jax.load` and the evaluators."""
     from make_jax.checkpoint.orbax_io import save_checkpoint
 
-    host = jax.device_get(params)
+    host = host_copy(params)
     return save_checkpoint(out, host, model_cfg, overwrite=True)

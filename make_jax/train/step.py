@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -24,6 +23,7 @@ from make_jax.losses import LossConfig, make_loss
 from make_jax.models import CLIP
 from make_jax.models.clip import LOGIT_SCALE_MAX
 from make_jax.train.forward import forward
+from make_jax.train.sharding import batch_sharding, make_mesh, replicated, state_shardings  # noqa: F401 - make_mesh re-exported
 
 Params = dict
 
@@ -66,6 +66,18 @@ def init_train_state(model: CLIP, optimizer: optax.GradientTransformation) -> tu
     return fns, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
+def init_sharded_state(params: Params, optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                       rules=()) -> tuple[TrainState, TrainState]:
+    """(state, its shardings): `params` placed by `sharding.state_shardings` (`rules`: config.sharding_rules),
+    the optimizer state created in place, already split (never whole on one device)."""
+    def init(p):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
+
+    shardings = state_shardings(jax.eval_shape(init, params), mesh, optimizer, rules)
+    params = jax.device_put(params, shardings.params)
+    return jax.jit(init, out_shardings=shardings)(params), shardings
+
+
 def apply_gradients(state: TrainState, grads, terms: dict, optimizer: optax.GradientTransformation,
                     schedule: Callable | None) -> tuple[TrainState, dict]:
     """The optimizer update shared by both steps (one pass, GradCache): AdamW, then
@@ -102,30 +114,17 @@ def make_train_step(fns: ModelFunctions, optimizer: optax.GradientTransformation
     return step_fn
 
 
-# ---- sharding ---------------------------------------------------------------------------------------------
-
-DATA_AXIS = "data"
+# ---- sharding (make_jax/train/sharding.py: the mesh, rules, memory) ----------------------------------------
 
 
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-    """One mesh axis, `data`, over every device of every process (batch sharded on it, parameters replicated)."""
-    devices = np.asarray(jax.devices() if devices is None else devices)
-    return jax.sharding.Mesh(devices.reshape(-1), (DATA_AXIS,))
+def jit_train_step(step_fn, mesh: jax.sharding.Mesh, state: TrainState, state_sharding=None):
+    """jit with explicit shardings: the state as `state_sharding` (a TrainState of shardings, from
+    `sharding.state_shardings`; None: replicated) and donated, every batch array split on its first axis over
+    every device, the metrics replicated.
 
-
-def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
-
-
-def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-
-def jit_train_step(step_fn, mesh: jax.sharding.Mesh, state: TrainState):
-    """jit with explicit shardings: state replicated (and donated), every batch array split on its first axis.
-
-    The loss is computed over the *global* batch: XLA inserts the all-gathers the contrastive logits need.
+    The loss is computed over the *global* batch: XLA inserts the all-gathers the contrastive logits need (and,
+    for parameters split over `fsdp`, the weights' all-gathers and the gradients' reduce-scatters).
     """
-    state_sh = jax.tree.map(lambda _: replicated(mesh), state)
+    state_sh = jax.tree.map(lambda _: replicated(mesh), state) if state_sharding is None else state_sharding
     return jax.jit(step_fn, in_shardings=(state_sh, batch_sharding(mesh)),
                    out_shardings=(state_sh, replicated(mesh)), donate_argnums=(0,))
