@@ -163,11 +163,14 @@ _SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("fsdp"))
-    # Optimisation level 0: compiles faster; every layout uses it, so they stay comparable. The collective
-    # timeout is raised from 40 s: on a loaded CI machine a simulated device's thread can be that late.
+    # Optimisation level 0: compiles faster; every layout uses it, so they stay comparable. No intra-op thread
+    # pool (multi_thread_eigen=false): XLA:CPU then runs each device's program in one thread, in schedule order.
+    # With the pool it may start two independent collectives of the step (the towers' layer scans all-gather
+    # their weights under fsdp) in different orders on different devices, and the simulated devices deadlock
+    # (seen: 5 devices in an all-reduce, 3 in a scan's all-gather). GPUs issue collectives in program order.
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-                         "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+                         "--xla_cpu_multi_thread_eigen=false")
     proc = subprocess.run([sys.executable, "-c", _SCRIPT.format(repo=REPO, tmp=tmp)], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
