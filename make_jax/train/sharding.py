@@ -91,6 +91,15 @@ def check_fsdp_within_processes(mesh: Mesh) -> None:
                               f"{jax.local_device_count()} devices): use fsdp <= the devices of one process")
 
 
+def check_fsdp_platform(mesh: Mesh) -> None:
+    """`ConfigError` for fsdp > 1 on CPU devices: XLA:CPU's simulated devices deadlock in the collectives of a
+    training loop's fsdp step (some devices in an all-reduce, the others in a layer scan's all-gather, until XLA
+    aborts the process; docs/training.md). Refused before any work rather than left to hang."""
+    if mesh.shape[FSDP_AXIS] > 1 and mesh.devices.flat[0].platform == "cpu":
+        raise ConfigError(f"config.mesh.fsdp={mesh.shape[FSDP_AXIS]} on CPU devices: XLA:CPU deadlocks in the "
+                          "collectives of an fsdp training step (docs/training.md); use fsdp on GPUs, or fsdp=1")
+
+
 # ---- rules → PartitionSpecs --------------------------------------------------------------------------------
 
 def check_rules(rules: Sequence) -> tuple[tuple[re.Pattern, tuple], ...]:
