@@ -313,6 +313,34 @@ def test_launcher_names_the_killed_process_not_the_one_that_failed_after_it(capf
     assert "[launch] process 1 of 2 was killed by SIGKILL" in out
 
 
+def test_launcher_blames_a_killed_process_over_one_that_exited_just_before_it(capfd, tmp_path):
+    # Reaper threads wake in any order, so two copies ending milliseconds apart are reported in either order.
+    # Here process 0 exits with status 1 first and process 1 is SIGKILLed 0.1 s later (inside the 0.5 s window):
+    # the killed one is named, whichever order the launcher sees them in.
+    script = textwrap.dedent("""
+        import os, signal, socket, sys, time
+        port_file = sys.argv[1]
+        if os.environ["JAX_PROCESS_ID"] == "0":
+            server = socket.create_server(("127.0.0.1", 0))
+            with open(port_file + ".tmp", "w") as f:
+                f.write(str(server.getsockname()[1]))
+            os.rename(port_file + ".tmp", port_file)
+            peer, _ = server.accept()
+            time.sleep(0.3)
+            sys.exit(1)
+        while not os.path.exists(port_file):
+            time.sleep(0.01)
+        conn = socket.create_connection(("127.0.0.1", int(open(port_file).read())))
+        conn.recv(1)  # returns when process 0 has exited
+        time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    status = run_local_job([sys.executable, "-c", script, str(tmp_path / "port")], 2, grace_s=2.0)
+    out = capfd.readouterr().out
+    assert status == 128 + signal.SIGKILL, out
+    assert "[launch] process 1 of 2 was killed by SIGKILL" in out
+
+
 @pytest.mark.parametrize("fault,victim,launcher", [("kill", 1, True), ("kill", 0, False), ("stop", 1, False)],
                          ids=["sigkill-p1-launcher", "sigkill-p0-direct", "sigstop-p1-direct"])
 def test_one_process_lost_the_other_stops_in_bounded_time(setup, tmp_path, fault, victim, launcher):

@@ -82,7 +82,9 @@ def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10
     (128 + signal number for a copy killed by a signal).
 
     "First" is the order in which the copies end (one thread waits for each): when one copy is killed, the
-    others' collectives fail a moment later, and the report names the killed one, not the lowest index."""
+    others' collectives fail a moment later, and the report names the killed one, not the lowest index. As the
+    reaper threads may wake in either order, a copy killed by a signal within CAUSE_WINDOW_S of the first
+    failure is named before one that exited with a status."""
     if num_processes < 1:
         raise ValueError(f"--local_processes must be at least 1, got {num_processes}")
     address = f"127.0.0.1:{free_port()}"
@@ -105,9 +107,20 @@ def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10
     signal.signal(signal.SIGTERM, interrupted)  # `kill` of this launcher stops the copies too
     first_failed = None
     try:
-        for _ in range(num_processes):
+        remaining = num_processes
+        while remaining:
             i = _next_ended(ended)
+            remaining -= 1
             if procs[i].returncode != 0 and first_failed is None:
+                # A copy that fails because another died can be reaped first (both end within milliseconds and
+                # the reaper threads wake in any order): among the failures that end within a short window, a
+                # copy killed by a signal is the cause, one that exited with a status the consequence.
+                failed = [i]
+                for j in _ended_within(ended, CAUSE_WINDOW_S):
+                    remaining -= 1
+                    if procs[j].returncode != 0:
+                        failed.append(j)
+                i = next((j for j in failed if procs[j].returncode < 0), i)
                 first_failed = i
                 running = any(p.poll() is None for p in procs)
                 with lock:
@@ -124,6 +137,21 @@ def run_local_job(command: list[str], num_processes: int, *, grace_s: float = 10
         return 0
     code = procs[first_failed].returncode
     return 128 - code if code < 0 else code
+
+
+# How long after the first failure other ended copies still count as candidates for its cause (seconds).
+CAUSE_WINDOW_S = 0.5
+
+
+def _ended_within(ended: queue.Queue, window_s: float) -> list[int]:
+    """Indices of the copies that end within `window_s` seconds from now."""
+    out, deadline = [], time.monotonic() + window_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            out.append(ended.get(timeout=left))
+        except queue.Empty:
+            break
+    return out
 
 
 def _next_ended(ended: queue.Queue) -> int:
