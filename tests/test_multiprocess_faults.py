@@ -287,54 +287,36 @@ def test_lost_peer_message():
     assert lost_peer_message(gloo, 0, 1) is None
 
 
-def test_launcher_names_the_killed_process_not_the_one_that_failed_after_it(capfd, tmp_path):
-    # Process 1 is SIGKILLed; process 0 (the lower index) sees its connection to process 1 close and fails a few
-    # milliseconds later, as a collective would: the launcher must blame process 1.
-    script = textwrap.dedent("""
-        import os, signal, socket, sys, time
-        port_file = sys.argv[1]
-        if os.environ["JAX_PROCESS_ID"] == "0":
-            server = socket.create_server(("127.0.0.1", 0))
-            with open(port_file + ".tmp", "w") as f:
-                f.write(str(server.getsockname()[1]))
-            os.rename(port_file + ".tmp", port_file)
-            peer, _ = server.accept()
-            peer.recv(1)  # returns when process 1 dies
-            sys.exit(1)
-        while not os.path.exists(port_file):
-            time.sleep(0.01)
-        conn = socket.create_connection(("127.0.0.1", int(open(port_file).read())))
-        time.sleep(0.3)
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    status = run_local_job([sys.executable, "-c", script, str(tmp_path / "port")], 2, grace_s=2.0)
-    out = capfd.readouterr().out
-    assert status == 128 + signal.SIGKILL, out
-    assert "[launch] process 1 of 2 was killed by SIGKILL" in out
+# Two copies joined by a socket (process 0 serves, process 1 connects); each side's ending is filled in below.
+_PAIR = textwrap.dedent("""
+    import os, signal, socket, sys, time
+    port_file = sys.argv[1]
+    if os.environ["JAX_PROCESS_ID"] == "0":
+        server = socket.create_server(("127.0.0.1", 0))
+        with open(port_file + ".tmp", "w") as f:
+            f.write(str(server.getsockname()[1]))
+        os.rename(port_file + ".tmp", port_file)
+        peer, _ = server.accept()
+        {p0_end}
+        sys.exit(1)
+    while not os.path.exists(port_file):
+        time.sleep(0.01)
+    conn = socket.create_connection(("127.0.0.1", int(open(port_file).read())))
+    {p1_end}
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
 
 
-def test_launcher_blames_a_killed_process_over_one_that_exited_just_before_it(capfd, tmp_path):
-    # Reaper threads wake in any order, so two copies ending milliseconds apart are reported in either order.
-    # Here process 0 exits with status 1 first and process 1 is SIGKILLed 0.1 s later (inside the 0.5 s window):
-    # the killed one is named, whichever order the launcher sees them in.
-    script = textwrap.dedent("""
-        import os, signal, socket, sys, time
-        port_file = sys.argv[1]
-        if os.environ["JAX_PROCESS_ID"] == "0":
-            server = socket.create_server(("127.0.0.1", 0))
-            with open(port_file + ".tmp", "w") as f:
-                f.write(str(server.getsockname()[1]))
-            os.rename(port_file + ".tmp", port_file)
-            peer, _ = server.accept()
-            time.sleep(0.3)
-            sys.exit(1)
-        while not os.path.exists(port_file):
-            time.sleep(0.01)
-        conn = socket.create_connection(("127.0.0.1", int(open(port_file).read())))
-        conn.recv(1)  # returns when process 0 has exited
-        time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
+@pytest.mark.parametrize("p0_end,p1_end", [
+    # Process 1 is SIGKILLed; process 0 (the lower index) sees its connection close and fails a few milliseconds
+    # later, as a collective would.
+    ("peer.recv(1)  # returns when process 1 dies", "time.sleep(0.3)"),
+    # Reaper threads wake in any order, so two copies ending milliseconds apart are reported in either order:
+    # here process 0 exits with status 1 first and process 1 is SIGKILLed 0.1 s later (inside the 0.5 s window).
+    ("time.sleep(0.3)", "conn.recv(1)  # returns when process 0 has exited\ntime.sleep(0.1)"),
+], ids=["killed-first", "killed-just-after"])
+def test_launcher_names_the_killed_process_not_the_one_that_exited(capfd, tmp_path, p0_end, p1_end):
+    script = _PAIR.format(p0_end=p0_end, p1_end=p1_end)
     status = run_local_job([sys.executable, "-c", script, str(tmp_path / "port")], 2, grace_s=2.0)
     out = capfd.readouterr().out
     assert status == 128 + signal.SIGKILL, out
