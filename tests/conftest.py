@@ -111,6 +111,17 @@ def random_tiny_encoder(seed: int = 0, batch_size: int = 8):
     return Encoder(nnx.merge(graphdef, state), batch_size=batch_size)
 
 
+def exported_params(export) -> dict:
+    """{keystr path: numpy array} of an export's parameters (`make_jax.checkpoint.orbax_io.load_params`)."""
+    import jax
+    import numpy as np
+
+    from make_jax.checkpoint.orbax_io import load_params
+
+    flat = jax.tree_util.tree_leaves_with_path(load_params(export, as_numpy=True))
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
 def central_difference(f, x, u, h=1e-6):
     """(f(x + h·u) − f(x − h·u)) / 2h: the directional derivative of f at x along u, for gradient checks
     (float64 inputs; error O(h²))."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import synthderm_small_prepare
+from conftest import exported_params, synthderm_small_prepare
 from make_jax.train.distributed import DistributedSetupError, heartbeat_timeout_s, job_from_environment
 from make_jax.train.local_job import run_local_job, strip_flag
 
@@ -137,15 +137,6 @@ def _launch(workdir: Path, root: Path, *, devices: int, processes: int, steps: i
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _params(export: Path) -> dict:
-    from make_jax.checkpoint.orbax_io import load_params
-
-    import jax
-
-    flat = jax.tree_util.tree_leaves_with_path(load_params(export, as_numpy=True))
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
-
-
 def test_two_processes_train_like_one(synthderm_small, tmp_path):
     root, _ = synthderm_small
     multi = _launch(tmp_path / "multi", root, devices=2, processes=2, steps=2)
@@ -158,7 +149,7 @@ def test_two_processes_train_like_one(synthderm_small, tmp_path):
     # differently when two of the four devices sit in another process (gloo), so the loss differs in its last
     # bit (~1e-7 relative) and, after 2 AdamW steps at lr 1e-5..2e-5, parameters by up to ~4e-7 (measured).
     # A wrong row split (a process reading the other's rows) moves them by ~lr = 1e-5 and fails.
-    a, b = _params(tmp_path / "multi" / "export"), _params(tmp_path / "single" / "export")
+    a, b = exported_params(tmp_path / "multi" / "export"), exported_params(tmp_path / "single" / "export")
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=2e-6, err_msg=k)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import exported_params
 from make_jax.train.distributed import lost_peer_message
 from make_jax.train.local_job import free_port, run_local_job
 
@@ -215,15 +216,6 @@ def _committed(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
-def _export_params(export: Path) -> dict:
-    import jax
-
-    from make_jax.checkpoint.orbax_io import load_params
-
-    flat = jax.tree_util.tree_leaves_with_path(load_params(export, as_numpy=True))
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
-
-
 def _check_intact(step_dir: Path) -> dict:
     """The checkpoint's files match its checksums, and its train state loads (as numpy arrays: this process has
     one device, the job had four)."""
@@ -262,7 +254,7 @@ def test_sigkill_of_every_process_then_resume_is_bit_identical(setup, tmp_path):
     assert sorted(ln[:4] for ln in job.output().splitlines() if resumed in ln) == ["[p0]", "[p1]"], job.tail()
     assert _committed(run) == [2, 4, 6]
 
-    a, b = _export_params(ref / "export"), _export_params(run / "export")
+    a, b = exported_params(ref / "export"), exported_params(run / "export")
     assert a.keys() == b.keys() and len(a) == 38
     for k in a:
         assert np.array_equal(a[k], b[k]), k  # bit-identical

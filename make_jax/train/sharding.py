@@ -92,12 +92,16 @@ def check_fsdp_within_processes(mesh: Mesh) -> None:
 
 
 def check_fsdp_platform(mesh: Mesh) -> None:
-    """`ConfigError` for fsdp > 1 on CPU devices: XLA:CPU's simulated devices deadlock in the collectives of a
-    training loop's fsdp step (some devices in an all-reduce, the others in a layer scan's all-gather, until XLA
-    aborts the process; docs/training.md). Refused before any work rather than left to hang."""
-    if mesh.shape[FSDP_AXIS] > 1 and mesh.devices.flat[0].platform == "cpu":
-        raise ConfigError(f"config.mesh.fsdp={mesh.shape[FSDP_AXIS]} on CPU devices: XLA:CPU deadlocks in the "
-                          "collectives of an fsdp training step (docs/training.md); use fsdp on GPUs, or fsdp=1")
+    """`ConfigError` for fsdp > 1 on CPU devices while JAX's persistent compilation cache is on. An XLA:CPU
+    program loaded from that cache does not keep its collectives in program order: in an fsdp step some
+    simulated devices then wait in the gradients' all-reduce while the others wait in a layer scan's all-gather,
+    until XLA aborts the process (docs/training.md). A freshly compiled program runs them in order."""
+    cache_on = jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir
+    if mesh.shape[FSDP_AXIS] > 1 and mesh.devices.flat[0].platform == "cpu" and cache_on:
+        raise ConfigError(f"config.mesh.fsdp={mesh.shape[FSDP_AXIS]} on CPU devices with JAX's persistent "
+                          f"compilation cache on ({jax.config.jax_compilation_cache_dir}): XLA:CPU programs "
+                          "loaded from it deadlock in the fsdp step's collectives (docs/training.md); set "
+                          "JAX_ENABLE_COMPILATION_CACHE=false, or fsdp=1")
 
 
 # ---- rules → PartitionSpecs --------------------------------------------------------------------------------
