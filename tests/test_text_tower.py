@@ -9,7 +9,6 @@ import string
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from make_jax.checkpoint import CheckpointError
@@ -19,8 +18,7 @@ from make_jax.models import create_model, get_model_config
 from make_jax.tokenizer import text_tokenizer
 from make_jax.tokenizer.wordpiece import WordPieceTokenizer
 from make_jax.train.packing import PackConfig, pack_batch, suggest_pack_config
-from make_jax.train.step import ModelFunctions, forward_loss, init_train_state, jit_train_step, make_mesh, \
-    make_train_step
+from make_jax.train.step import ModelFunctions, forward_loss
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -122,38 +120,26 @@ def _bert_batch(tok, b=4, n=4, length=24, seed=0):
     return {"images": images, "text_ids": ids.astype(np.int32), "text_valid": valid}
 
 
-def test_bert_tower_trains_with_the_make_loss(bert_dir):
+def test_every_bert_parameter_receives_a_gradient_from_the_make_loss(bert_dir):
+    # The gradient's values are checked against PyTorch's BertModel and a float64 MAKE loss by central differences
+    # in tests/test_bert_train.py (5 BERT parameter kinds, through train()); here: every BERT weight is wired into
+    # the loss, from the embeddings to the last layer.
     fns, params, cfg = bert_model(bert_dir)
     batch = _bert_batch(text_tokenizer(cfg.text))
-    loss_config = LossConfig()  # mkcl + slra + dkw
-    # gradient check: the directional derivative along a random direction of the text tower's parameters equals
-    # the central finite difference of the loss (float32, eps 1e-2 on a unit-norm direction)
-    loss_of = jax.jit(lambda p: forward_loss(fns.merge(p), batch, loss_config)[0])
-    grads = jax.jit(jax.grad(lambda p: forward_loss(fns.merge(p), batch, loss_config)[0]))(params)
-    leaves, treedef = jax.tree.flatten(params["text"])
-    keys = jax.random.split(jax.random.key(0), len(leaves))
-    direction = [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
-    norm = jnp.sqrt(sum(jnp.sum(v * v) for v in direction))
-    direction = jax.tree.unflatten(treedef, [v / norm for v in direction])
-    step = lambda s: dict(params, text=jax.tree.map(lambda p, v: p + s * v, params["text"], direction))  # noqa
-    eps = 1e-2
-    fd = (float(loss_of(step(eps))) - float(loss_of(step(-eps)))) / (2 * eps)
-    analytic = float(sum(jnp.sum(g * v) for g, v in zip(jax.tree.leaves(grads["text"]), jax.tree.leaves(direction))))
-    assert abs(analytic) > 1e-3
-    assert fd == pytest.approx(analytic, rel=2e-2)
-    # every BERT parameter receives a gradient (the tower is wired into the loss, embeddings to last layer)
+    grads = jax.jit(jax.grad(lambda p: forward_loss(fns.merge(p), batch, LossConfig())[0]))(params)  # mkcl+slra+dkw
+    names = []
     for path, g in jax.tree_util.tree_leaves_with_path(grads["text"]):
-        if "position" not in jax.tree_util.keystr(path):  # rows past the longest text stay 0; the rest must not
-            assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
-    # a few Adam steps on the one batch: the loss goes down
-    opt = optax.adam(3e-3)
-    fns_, state = init_train_state(fns.merge(params), opt)
-    step_fn = jit_train_step(make_train_step(fns_, opt, loss_config), make_mesh(jax.devices()[:1]), state)
-    losses = []
-    for _ in range(6):
-        state, metrics = step_fn(state, batch)
-        losses.append(float(metrics["loss"]))
-    assert losses[-1] < losses[0] - 0.05 and all(np.isfinite(losses)), losses
+        names.append(jax.tree_util.keystr(path))
+        g = np.abs(np.asarray(g))
+        if "position" in names[-1]:
+            continue  # rows past the longest text stay 0
+        if "blocks" in names[-1]:  # every layer of the stack, not only one
+            assert (g.reshape(g.shape[0], -1).max(axis=1) > 0).all(), names[-1]
+        assert g.max() > 0, names[-1]
+    # by hand: per (stacked) layer 16 BERT weights (query, key, value, attention output, intermediate, output:
+    # kernel and bias each; two LayerNorms: scale and bias), the embeddings 5 (word, position, token type,
+    # LayerNorm scale and bias), and our text projection
+    assert len(names) == 16 + 5 + 1, names
 
 
 def test_packing_asks_the_text_tower(bert_dir):
