@@ -115,10 +115,10 @@ def test_mesh_config():
 # One process, 8 simulated devices, every parameter laid out by the automatic rule (the layer blocks' kernels
 # split inside their layer scans, the embeddings, projections and patch conv too; LayerNorms and biases whole).
 # 1. The train step: the tiny model trained 2 AdamW steps (clipping and weight decay on) with the parameters
-#    replicated (mesh data=8), split over fsdp=4 (data=2), and split with GradCache (2 micro-batches); then a
+#    replicated (mesh data=8), and split over fsdp=4 (data=2) with GradCache (2 micro-batches); then a
 #    checkpoint of the split state restored into the split layout.
-# 2. The training loop (`train()`, the demo config on the tiny model) for 2 steps replicated, and with fsdp=4
-#    stopped after step 1 and resumed from its checkpoint: the two exports.
+# 2. The training loop (`train()`, the demo config on the tiny model, one-pass step) for 2 steps replicated, and
+#    with fsdp=4 stopped after step 1 and resumed from its checkpoint: the two exports.
 # 3. The loop's refusal of fsdp on CPU once JAX's persistent compilation cache is on.
 _SCRIPT = textwrap.dedent("""
     import json, sys
@@ -144,7 +144,7 @@ _SCRIPT = textwrap.dedent("""
     opt, sched = make_optimizer(params, lr=1e-3, warmup_steps=1, total_steps=10, weight_decay=0.1,
                                 grad_clip_norm=1.0)
     out = {{}}
-    for name, (data, fsdp, k) in {{"replicated": (8, 1, 1), "fsdp": (2, 4, 1), "fsdp_gradcache": (2, 4, 2)}}.items():
+    for name, (data, fsdp, k) in {{"replicated": (8, 1, 1), "fsdp_gradcache": (2, 4, 2)}}.items():
         mesh = make_mesh(data=data, fsdp=fsdp)
         state, sh = init_sharded_state(params, opt, mesh)
         step = jit_train_step(select_train_step(fns, opt, LossConfig(), sched, k), mesh, state, sh)
@@ -164,7 +164,7 @@ _SCRIPT = textwrap.dedent("""
                                      if s.device == jax.devices()[0])),
             "reported_bytes": bytes_per_device(state, sh),
         }}
-        if name == "fsdp":
+        if name == "fsdp_gradcache":
             ckpts = TrainCheckpoints(tmp + "/ckpt")
             ckpts.save(2, state, {{}}, {{}})
             fresh, _ = init_sharded_state(params, opt, mesh)
@@ -214,17 +214,17 @@ def eight_devices(tmp_path_factory, synthderm_small):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["tmp"] = tmp
-    for name in ("replicated", "fsdp", "fsdp_gradcache"):
+    for name in ("replicated", "fsdp_gradcache"):
         out[name]["params"] = np.load(os.path.join(tmp, f"{name}.npy"))
     return out
 
 
 def test_fsdp_trains_like_replicated(eight_devices):
     ref = eight_devices["replicated"]
-    assert all(eight_devices[k]["compiled"] == 1 for k in ("replicated", "fsdp", "fsdp_gradcache"))  # one compile per layout
+    assert all(eight_devices[k]["compiled"] == 1 for k in ("replicated", "fsdp_gradcache"))  # one compile per layout
     assert not np.isclose(ref["losses"][0], ref["losses"][1])  # two batches, two losses: the test can tell
     assert not np.allclose(ref["params"], 0)
-    for name in ("fsdp", "fsdp_gradcache"):
+    for name in ("fsdp_gradcache",):
         run = eight_devices[name]
         # float32: the layouts only sum the batch and the gradients in another order (all-reduce vs
         # reduce-scatter, micro-batches). An AdamW step moves a parameter by up to lr = 1e-3 in the direction
@@ -264,7 +264,7 @@ def _split_by_hand(name, shape):
 
 
 def test_parameters_and_optimizer_state_are_split(eight_devices):
-    leaves = eight_devices["fsdp"]["leaves"]
+    leaves = eight_devices["fsdp_gradcache"]["leaves"]
     split = 0
     for name, shape, _, spec, shard in leaves:
         if name.startswith("params/") or "/mu/" in name or "/nu/" in name:
@@ -295,7 +295,7 @@ def test_parameters_and_optimizer_state_are_split(eight_devices):
 def test_memory_per_device_by_hand(eight_devices):
     # by hand: the arrays of _split_by_hand are split 4 ways; the rest (LayerNorms, biases, class embedding,
     # logit_scale, the step and the Adam count) is held whole.
-    for name, fsdp in (("replicated", 1), ("fsdp", 4)):
+    for name, fsdp in (("replicated", 1), ("fsdp_gradcache", 4)):
         run = eight_devices[name]
         want = 0
         for leaf, shape, itemsize, _, _ in run["leaves"]:
@@ -304,7 +304,7 @@ def test_memory_per_device_by_hand(eight_devices):
             want += size // fsdp if split and _split_by_hand(leaf, shape) else size
         assert run["reported_bytes"] == want
         assert run["device0_bytes"] == want
-    assert eight_devices["fsdp"]["reported_bytes"] < eight_devices["replicated"]["reported_bytes"] / 3
+    assert eight_devices["fsdp_gradcache"]["reported_bytes"] < eight_devices["replicated"]["reported_bytes"] / 3
 
 
 def test_checkpoint_restores_into_the_split_layout(eight_devices):
