@@ -6,7 +6,8 @@ import tempfile
 import pytest
 
 # Compiled programs are cached on disk and shared by every process of the run: the xdist workers and the
-# subprocesses that tests start (they inherit these variables). A train step compiled by one test is then
+# subprocesses that tests start (they inherit these variables; tests/test_fsdp.py's subprocess turns the cache
+# off: fsdp on CPU, see make_jax/train/sharding.py check_fsdp_platform). A train step compiled by one test is then
 # loaded, not recompiled, by the next test or subprocess that builds the same program (22.5 s → 5 s for a
 # recompiled step). A size limit is set only because it makes JAX guard cache reads and writes with a file
 # lock: without it, one process could read an entry another is still writing. Cache keys cover the program,

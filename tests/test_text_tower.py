@@ -1,6 +1,6 @@
 """The text-tower seam, proven with a second tower: a BERT encoder (Hugging Face `BertModel` layout, as BiomedBERT)
-with [CLS] pooling and its WordPiece tokenizer, against transformers' PyTorch model and tokenizers, trained with the
-MAKE loss; packing asks the tower before cutting texts to context buckets."""
+with [CLS] pooling and its WordPiece tokenizer, against transformers' PyTorch model and tokenizers, receiving gradients
+from the MAKE loss; packing asks the tower before cutting texts to context buckets."""
 
 from __future__ import annotations
 

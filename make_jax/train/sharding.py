@@ -92,10 +92,12 @@ def check_fsdp_within_processes(mesh: Mesh) -> None:
 
 
 def check_fsdp_platform(mesh: Mesh) -> None:
-    """`ConfigError` for fsdp > 1 on CPU devices while JAX's persistent compilation cache is on. An XLA:CPU
-    program loaded from that cache does not keep its collectives in program order: in an fsdp step some
-    simulated devices then wait in the gradients' all-reduce while the others wait in a layer scan's all-gather,
-    until XLA aborts the process (docs/training.md). A freshly compiled program runs them in order."""
+    """`ConfigError` for fsdp > 1 on CPU devices while JAX's persistent compilation cache is on: with jax 0.10.2 an
+    fsdp step loaded from that cache deadlocked on 8 simulated devices in 4 runs of 4 (some devices waited in the
+    gradients' all-reduce, the others in a layer scan's all-gather, until XLA aborted the process), while freshly
+    compiled ones never did (docs/training.md). Observed, not explained by XLA's documentation. Decided from
+    `jax.config` when `train()` starts; JAX fixes its own use of the cache at a process's first compile, so the
+    cache settings must be made before then (the environment variables always are)."""
     cache_on = jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir
     if mesh.shape[FSDP_AXIS] > 1 and mesh.devices.flat[0].platform == "cpu" and cache_on:
         raise ConfigError(f"config.mesh.fsdp={mesh.shape[FSDP_AXIS]} on CPU devices with JAX's persistent "
