@@ -111,34 +111,6 @@ def test_mesh_config():
         check_config(c)
 
 
-def test_fsdp_on_cpu_is_refused_only_with_the_persistent_compilation_cache():
-    from types import SimpleNamespace
-
-    from make_jax.train.sharding import check_fsdp_platform
-
-    def mesh(fsdp, platform):
-        return SimpleNamespace(shape={"data": 2, "fsdp": fsdp},
-                               devices=np.array([SimpleNamespace(platform=platform)] * (2 * fsdp)))
-
-    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache)
-    try:
-        for cache_dir, enabled, refused in [("/tmp/c", True, True), ("/tmp/c", False, False), (None, True, False),
-                                            ("", True, False), (None, False, False)]:
-            jax.config.update("jax_compilation_cache_dir", cache_dir)
-            jax.config.update("jax_enable_compilation_cache", enabled)
-            if refused:
-                with pytest.raises(ConfigError, match=r"^config.mesh.fsdp=4 on CPU devices with JAX's persistent "
-                                                      r"compilation cache on \(/tmp/c\)"):
-                    check_fsdp_platform(mesh(4, "cpu"))
-            else:
-                check_fsdp_platform(mesh(4, "cpu"))
-            check_fsdp_platform(mesh(1, "cpu"))  # data parallel: always
-            check_fsdp_platform(mesh(4, "gpu"))  # not XLA:CPU
-    finally:
-        jax.config.update("jax_compilation_cache_dir", saved[0])
-        jax.config.update("jax_enable_compilation_cache", saved[1])
-
-
 # One process, 8 simulated devices, every parameter laid out by the automatic rule (the layer blocks' kernels
 # split inside their layer scans, the embeddings, projections and patch conv too; LayerNorms and biases whole).
 # 1. The train step: the tiny model trained 2 AdamW steps (clipping and weight decay on) with the parameters
