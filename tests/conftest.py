@@ -6,8 +6,8 @@ import tempfile
 import pytest
 
 # Compiled programs are cached on disk and shared by every process of the run: the xdist workers and the
-# subprocesses that tests start (they inherit these variables; tests/test_fsdp.py's subprocess turns the cache
-# off: fsdp on CPU, see make_jax/train/sharding.py check_fsdp_platform). A train step compiled by one test is then
+# subprocesses that tests start (they inherit these variables; fsdp runs and multi-process jobs turn the cache
+# off, see `job_env` and make_jax/train/sharding.py cpu_cache_conflict). A train step compiled by one test is then
 # loaded, not recompiled, by the next test or subprocess that builds the same program (22.5 s → 5 s for a
 # recompiled step). A size limit is set only because it makes JAX guard cache reads and writes with a file
 # lock: without it, one process could read an entry another is still writing. Cache keys cover the program,
@@ -15,6 +15,19 @@ import pytest
 # MAKE_JAX_TEST_JAX_CACHE overrides the location; "off" disables the cache.
 JAX_CACHE_ENV = "MAKE_JAX_TEST_JAX_CACHE"
 JAX_CACHE_MAX_BYTES = 4 << 30
+
+
+def job_env(devices: int, **extra: str) -> dict:
+    """The environment of a test's multi-process job (or any run the training loop refuses with the cache on):
+    `devices` simulated CPU devices per process, the persistent compilation cache off, no job variables inherited
+    (JAX_COORDINATOR_ADDRESS, ...), then `extra`. With the cache on, process 0 would load the programs the others
+    compile (JAX writes entries from process 0 only; on CPU the other processes' keys differ) and wait for them at
+    each new collective, which gloo gives up after 30 s; the training loop refuses it (cpu_cache_conflict)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_ENABLE_COMPILATION_CACHE="false")
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(k, None)
+    return {**env, **extra}
 
 
 def _jax_cache_dir(config) -> str | None:

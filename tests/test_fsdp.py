@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"data": 2, "fsdp": 4}
 # 8 simulated devices; optimisation level 0 compiles faster (every layout uses it, so they stay comparable). The
 # persistent compilation cache is off: XLA:CPU programs loaded from it deadlock in the fsdp step's collectives
-# (make_jax/train/sharding.py check_fsdp_platform), and the training loop refuses fsdp with it on. A deadlock
+# (make_jax/train/sharding.py cpu_cache_conflict), and the training loop refuses fsdp with it on. A deadlock
 # would abort the process after 30 s instead of hanging.
 CPU_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
                         "--xla_cpu_collective_call_terminate_timeout_seconds=30",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import exported_params, synthderm_small_prepare
+from conftest import exported_params, job_env, synthderm_small_prepare
 from make_jax.train.distributed import DistributedSetupError, heartbeat_timeout_s, job_from_environment
 from make_jax.train.local_job import run_local_job, strip_flag
 
@@ -118,11 +118,12 @@ def test_local_job_succeeds_when_all_succeed(capfd):
 
 # ---- training: 2 processes x 2 devices == 1 process x 4 devices ---------------------------------------------
 
-def _launch(workdir: Path, root: Path, *, devices: int, processes: int, steps: int, extra=(), timeout=900):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               MAKE_JAX_HEARTBEAT_TIMEOUT="20")
-    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(k, None)
+def _launch(workdir: Path, root: Path, *, devices: int, processes: int, steps: int, extra=(), timeout=900,
+            env_extra=None):
+    env = job_env(devices, MAKE_JAX_HEARTBEAT_TIMEOUT="20")
+    if processes == 1:
+        del env["JAX_ENABLE_COMPILATION_CACHE"]  # one process may load its programs from the suite's cache
+    env.update(env_extra or {})
     cmd = [sys.executable, "launch.py", "--config", "configs/demo.py", "--workdir", str(workdir),
            *(f"--config.prepare.synthderm.{k}={v}" for k, v in synthderm_small_prepare(root).items()),
            f"--config.total_steps={steps}", "--config.batch_size=8", "--config.data.context_length=16",
@@ -135,6 +136,40 @@ def _launch(workdir: Path, root: Path, *, devices: int, processes: int, steps: i
     if processes > 1:
         cmd.append(f"--local_processes={processes}")
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cpu_cache_conflict_by_platform_fsdp_processes_and_cache():
+    from make_jax.train.sharding import cpu_cache_conflict
+
+    fsdp = ("config.mesh.fsdp=4 on CPU devices with JAX's persistent compilation cache on (/c): XLA:CPU programs "
+            "loaded from it deadlock in the fsdp step's collectives (docs/training.md); set "
+            "JAX_ENABLE_COMPILATION_CACHE=false, or fsdp=1")
+    procs = "3 processes on CPU devices with JAX's persistent compilation cache on (/c): only process 0 finds"
+    assert cpu_cache_conflict("cpu", 4, 1, "/c") == fsdp
+    assert cpu_cache_conflict("cpu", 4, 3, "/c") == fsdp  # one reason at a time, the fsdp one first
+    assert cpu_cache_conflict("cpu", 1, 3, "/c").startswith(procs)
+    assert cpu_cache_conflict("cpu", 1, 1, "/c") is None
+    for platform, f, n in (("gpu", 4, 3), ("tpu", 1, 2)):
+        assert cpu_cache_conflict(platform, f, n, "/c") is None
+    for f, n in ((4, 1), (1, 3), (4, 3)):
+        assert cpu_cache_conflict("cpu", f, n, None) is None  # the cache is off
+
+
+def test_several_cpu_processes_with_the_compilation_cache_are_refused(synthderm_small, tmp_path):
+    """Process 0 would load from the cache what the others compile, and gloo gives up on them after 30 s
+    (make_jax/train/sharding.py cpu_cache_conflict): every process refuses, in one line, before training."""
+    cache = tmp_path / "jax-cache"
+    proc = _launch(tmp_path / "run", synthderm_small[0], devices=1, processes=2, steps=1, timeout=300,
+                   env_extra={"JAX_ENABLE_COMPILATION_CACHE": "true", "JAX_COMPILATION_CACHE_DIR": str(cache)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-4000:]  # launch.py's status for a refused config
+    line = (f"launch.py: error: 2 processes on CPU devices with JAX's persistent compilation cache on ({cache}): "
+            "only process 0 finds its programs there (on CPU the others' cache keys differ), so it reaches each "
+            "collective far ahead of them and gloo gives up after 30 s (docs/training.md); set "
+            "JAX_ENABLE_COMPILATION_CACHE=false for every process")
+    assert f"[p0] {line}" in out.splitlines() and f"[p1] {line}" in out.splitlines(), out[-4000:]
+    assert "Traceback" not in out
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_two_processes_train_like_one(synthderm_small, tmp_path):

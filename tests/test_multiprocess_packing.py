@@ -242,11 +242,11 @@ def worker(out_dir: str) -> None:
 
 
 def test_two_processes_packed_step_equals_dense(tmp_path):
+    from conftest import job_env
     from make_jax.train.local_job import free_port
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES="2",
-               MAKE_JAX_HEARTBEAT_TIMEOUT="20", PYTHONPATH=str(REPO))
+    env = job_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES="2",
+                  MAKE_JAX_HEARTBEAT_TIMEOUT="20", PYTHONPATH=str(REPO))
     procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env={**env, "JAX_PROCESS_ID": str(i)})
              for i in range(2)]

@@ -102,7 +102,8 @@ _COLLECTIVE_LIBRARIES = ("gloo", "nccl")
 
 def lost_peer_message(error: BaseException, process_index: int, process_count: int) -> str | None:
     """One line for a collective that failed because another process of the job is gone (SIGKILLed, crashed, its
-    host unreachable): the others then stop at once instead of waiting. None for any other error.
+    host unreachable) or did not come in time (gloo waits 30 s for the others to set up a collective: a
+    DEADLINE_EXCEEDED error): the others then stop at once instead of waiting. None for any other error.
 
     A process cannot tell which peer vanished (the error names a socket address); with two processes it is the
     other one. The launcher (`--local_processes`) and the coordination service name the lost process too.
@@ -115,10 +116,15 @@ def lost_peer_message(error: BaseException, process_index: int, process_count: i
         summary = summary[:300] + "..."
     who = (f"process {1 - process_index} (the other process of the job)" if process_count == 2
            else "another process of the job")
+    if "DEADLINE_EXCEEDED" in text:  # gloo waited 30 s for a peer to set up a collective: gone, or just late
+        what = (f"{who} did not reach the collective in time: it stopped, cannot be reached, or is far behind "
+                "(still compiling, say; its own log says which)")
+    else:
+        what = (f"{who} stopped or cannot be reached (killed, crashed, or its host is down; its own log says "
+                "which)")
     return (f"process {process_index} of {process_count}: a collective with the other processes failed "
-            f"({type(error).__name__}: {summary}): {who} stopped or cannot be reached (killed, crashed, or its "
-            "host is down; its own log says which). The checkpoints already committed in the workdir are whole: "
-            "rerun the same command on every process to resume from the last one")
+            f"({type(error).__name__}: {summary}): {what}. The checkpoints already committed in the workdir are "
+            "whole: rerun the same command on every process to resume from the last one")
 
 
 def barrier(name: str) -> None:

@@ -36,7 +36,7 @@ from make_jax.train.flops import model_flops_utilisation, peak_flops, train_flop
 from make_jax.train.metrics_writer import MetricWriter
 from make_jax.train.optimizer import make_optimizer
 from make_jax.train.gradcache import select_train_step
-from make_jax.train.sharding import check_fsdp_platform, check_fsdp_within_processes, host_copy, memory_report
+from make_jax.train.sharding import check_cpu_compilation_cache, check_fsdp_within_processes, host_copy, memory_report
 from make_jax.train.step import ModelFunctions, batch_sharding, init_sharded_state, jit_train_step, make_mesh
 from make_jax.train.workdir import claim_workdir
 
@@ -171,7 +171,7 @@ def train(config, workdir: str | Path, *, make_data: Callable[..., Any] | None =
     check_init_from(config)  # before any work
     mesh = make_mesh(data=options.mesh.data, fsdp=options.mesh.fsdp)
     check_fsdp_within_processes(mesh)
-    check_fsdp_platform(mesh)
+    check_cpu_compilation_cache(mesh)
     workdir = check_writable(workdir, "workdir")
     eval_entries = list(options.evals)
     is_main = jax.process_index() == 0

@@ -91,19 +91,48 @@ def check_fsdp_within_processes(mesh: Mesh) -> None:
                               f"{jax.local_device_count()} devices): use fsdp <= the devices of one process")
 
 
-def check_fsdp_platform(mesh: Mesh) -> None:
-    """`ConfigError` for fsdp > 1 on CPU devices while JAX's persistent compilation cache is on: with jax 0.10.2 an
-    fsdp step loaded from that cache deadlocked on 8 simulated devices in 4 runs of 4 (some devices waited in the
-    gradients' all-reduce, the others in a layer scan's all-gather, until XLA aborted the process), while freshly
-    compiled ones never did (docs/training.md). Observed, not explained by XLA's documentation. Decided from
-    `jax.config` when `train()` starts; JAX fixes its own use of the cache at a process's first compile, so the
-    cache settings must be made before then (the environment variables always are)."""
-    cache_on = jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir
-    if mesh.shape[FSDP_AXIS] > 1 and mesh.devices.flat[0].platform == "cpu" and cache_on:
-        raise ConfigError(f"config.mesh.fsdp={mesh.shape[FSDP_AXIS]} on CPU devices with JAX's persistent "
-                          f"compilation cache on ({jax.config.jax_compilation_cache_dir}): XLA:CPU programs "
-                          "loaded from it deadlock in the fsdp step's collectives (docs/training.md); set "
-                          "JAX_ENABLE_COMPILATION_CACHE=false, or fsdp=1")
+def persistent_cache_dir() -> str | None:
+    """The directory of JAX's persistent compilation cache while it is on (as JAX decides: a directory set, by
+    `JAX_COMPILATION_CACHE_DIR` or `jax.config.update`, and `jax_enable_compilation_cache` true, its default);
+    None while it is off. JAX fixes its own use of the cache at a process's first compile, so the settings must be
+    made before then (the environment variables always are)."""
+    on = jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir
+    return jax.config.jax_compilation_cache_dir if on else None
+
+
+def cpu_cache_conflict(platform: str, fsdp: int, process_count: int, cache_dir: str | None) -> str | None:
+    """Why a run on `platform` with `fsdp` and `process_count` must not use the persistent compilation cache at
+    `cache_dir` (None: the cache is off); None when it may. Both conflicts are on CPU and were observed with jax
+    0.10.2 (docs/training.md), not documented by XLA:
+
+    * fsdp > 1: an fsdp step loaded from the cache deadlocked on 8 simulated devices in 4 runs of 4 (some
+      devices waited in the gradients' all-reduce, the others in a layer scan's all-gather, until XLA aborted
+      the process); freshly compiled ones never did.
+    * several processes: JAX writes cache entries from process 0 only, and on CPU the other processes' programs
+      have other cache keys, so process 0 loads what the others compile. It reaches each new collective first,
+      and gloo's set-up of a collective gives up after 30 s: on a loaded machine the job fails at its first step.
+    """
+    if platform != "cpu" or cache_dir is None:
+        return None
+    if fsdp > 1:
+        return (f"config.mesh.fsdp={fsdp} on CPU devices with JAX's persistent compilation cache on ({cache_dir}): "
+                "XLA:CPU programs loaded from it deadlock in the fsdp step's collectives (docs/training.md); set "
+                "JAX_ENABLE_COMPILATION_CACHE=false, or fsdp=1")
+    if process_count > 1:
+        return (f"{process_count} processes on CPU devices with JAX's persistent compilation cache on ({cache_dir}): "
+                "only process 0 finds its programs there (on CPU the others' cache keys differ), so it reaches "
+                "each collective far ahead of them and gloo gives up after 30 s (docs/training.md); set "
+                "JAX_ENABLE_COMPILATION_CACHE=false for every process")
+    return None
+
+
+def check_cpu_compilation_cache(mesh: Mesh) -> None:
+    """`ConfigError` when the run's mesh (its platform, fsdp size and processes) conflicts with the persistent
+    compilation cache (`cpu_cache_conflict`)."""
+    reason = cpu_cache_conflict(mesh.devices.flat[0].platform, mesh.shape[FSDP_AXIS],
+                                len({d.process_index for d in mesh.devices.flat}), persistent_cache_dir())
+    if reason is not None:
+        raise ConfigError(reason)
 
 
 # ---- rules → PartitionSpecs --------------------------------------------------------------------------------
