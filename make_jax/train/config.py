@@ -158,12 +158,17 @@ class MeshOptions:
     fsdp: int = 1
 
     def __post_init__(self):
-        for name in ("data", "fsdp"):
-            if getattr(self, name) != -1 and getattr(self, name) < 1:
-                raise ConfigError(f"config.mesh.{name} must be >= 1 or -1 (the rest of the devices), got "
-                                  f"{getattr(self, name)}")
-        if self.data == -1 and self.fsdp == -1:
-            raise ConfigError("config.mesh: only one axis may be -1, got data=-1, fsdp=-1")
+        check_mesh_sizes(self.data, self.fsdp)
+
+
+def check_mesh_sizes(data: int, fsdp: int) -> None:
+    """`ConfigError` (one line) unless each of `config.mesh`'s sizes is >= 1 or -1 and at most one is -1: what
+    can be checked without the device count (make_jax/train/sharding.py mesh_shape checks the rest)."""
+    for name, size in (("data", data), ("fsdp", fsdp)):
+        if size != -1 and size < 1:
+            raise ConfigError(f"config.mesh.{name} must be >= 1 or -1 (the rest of the devices), got {size}")
+    if data == -1 and fsdp == -1:
+        raise ConfigError(f"config.mesh: only one axis may be -1, got data={data}, fsdp={fsdp}")
 
 
 @dataclasses.dataclass(frozen=True)

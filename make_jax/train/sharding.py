@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from make_jax.train.config import ConfigError
+from make_jax.train.config import ConfigError, check_mesh_sizes
 from make_jax.train.optimizer import path_name
 
 DATA_AXIS = "data"
@@ -46,13 +46,9 @@ STACKED = re.compile(r".*/blocks/.*")
 def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
     """`config.mesh` (data, fsdp) with a -1 resolved to the rest of the devices; `ConfigError` (one line) when
     the sizes are not positive or do not multiply to `device_count`."""
+    check_mesh_sizes(data, fsdp)
     sizes = {DATA_AXIS: data, FSDP_AXIS: fsdp}
-    for name, size in sizes.items():
-        if size != -1 and size < 1:
-            raise ConfigError(f"config.mesh.{name} must be >= 1 or -1 (the rest of the devices), got {size}")
     free = [n for n, s in sizes.items() if s == -1]
-    if len(free) > 1:
-        raise ConfigError(f"config.mesh: only one axis may be -1, got data={data}, fsdp={fsdp}")
     fixed = int(np.prod([s for s in sizes.values() if s != -1]))
     if free:
         if device_count % fixed:
