@@ -16,6 +16,10 @@ from configs.common import base_config
 from make_jax.train.config import ConfigError, check_config
 from make_jax.train.sharding import auto_spec, check_rules, make_mesh, mesh_shape, param_shardings, spec_for
 
+# One worker runs the whole module: its module-scoped `eight_devices` (minutes) is then computed once, not once per
+# xdist worker that gets one of its tests (`--dist loadgroup`, pyproject.toml).
+pytestmark = pytest.mark.xdist_group("fsdp")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"data": 2, "fsdp": 4}
 # 8 simulated devices; optimisation level 0 compiles faster (every layout uses it, so they stay comparable). The

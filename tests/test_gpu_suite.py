@@ -22,6 +22,10 @@ import torch_peer  # noqa: E402
 from make_jax.losses import (LossConfig, LossInputs, dense_layout, make_loss,  # noqa: E402
                              official_knowledge_embedding)
 
+# One worker runs the whole module: its module-scoped `dry_run` (minutes) is then computed once, not once per
+# xdist worker that gets one of its tests (`--dist loadgroup`, pyproject.toml).
+pytestmark = pytest.mark.xdist_group("gpu_suite")
+
 RUN_FIELDS = ("name", "framework", "mode", "model", "batch", "dtype", "images_per_s", "step_ms", "mfu",
               "peak_bytes", "compile_s", "steps", "error")
 

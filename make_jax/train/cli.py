@@ -204,6 +204,10 @@ def _leave_at_once_if_multiprocess(error: BaseException) -> None:
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
+    if code == 2:  # an input error: every process checks the same input, so the others are about to report it too
+        from make_jax.train.distributed import meet_before_exit
+
+        meet_before_exit()
     os._exit(code)
 
 

@@ -14,12 +14,18 @@ service then ends every process with an error naming the task it lost. A process
 (SIGKILL, a crash) closes its connections, and the others' next collective fails at once
 (`lost_peer_message` turns that error into one line).
 
+Host-side agreement (`barrier`, `broadcast_json`) goes through the coordination service's barriers and
+key-value store, not device collectives: a process may wait there for hours (process 0 preparing the data or
+evaluating), while gloo gives up on setting up a collective when a peer is 30 s late. A process that dies is
+found by the heartbeat, not by those waits' timeout.
+
 Nothing here may touch a JAX backend: `jax.process_count()` before `jax.distributed.initialize()` would start
 one and make the join impossible.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 
@@ -28,6 +34,7 @@ logger = logging.getLogger("make_jax.train")
 JOB_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 HEARTBEAT_VARIABLE = "MAKE_JAX_HEARTBEAT_TIMEOUT"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+HOST_WAIT_TIMEOUT_MS = 24 * 3600 * 1000  # `barrier` and `broadcast_json`: a day (data preparation may take hours)
 
 
 class DistributedSetupError(ValueError):
@@ -118,7 +125,7 @@ def lost_peer_message(error: BaseException, process_index: int, process_count: i
            else "another process of the job")
     if "DEADLINE_EXCEEDED" in text:  # gloo waited 30 s for a peer to set up a collective: gone, or just late
         what = (f"{who} did not reach the collective in time: it stopped, cannot be reached, or is far behind "
-                "(still compiling, say; its own log says which)")
+                "(still compiling, say; its own log says whether it failed)")
     else:
         what = (f"{who} stopped or cannot be reached (killed, crashed, or its host is down; its own log says "
                 "which)")
@@ -127,33 +134,53 @@ def lost_peer_message(error: BaseException, process_index: int, process_count: i
             "whole: rerun the same command on every process to resume from the last one")
 
 
-def barrier(name: str) -> None:
+def _coordination_client():
+    """JAX's client of the coordination service (the one Orbax's barriers use; jax has no public handle to it)."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+_barriers = itertools.count()  # every process passes the same barriers and broadcasts in the same order
+_broadcasts = itertools.count()
+
+
+def barrier(name: str, timeout_ms: int = HOST_WAIT_TIMEOUT_MS) -> None:
     """Every process waits here until all arrive (no-op for one process). `name` must match across processes."""
     import jax
 
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+        _coordination_client().wait_at_barrier(f"make_jax/barrier/{next(_barriers)}/{name}", timeout_ms)
 
-        multihost_utils.sync_global_devices(name)
+
+def meet_before_exit(timeout_ms: int = 10_000) -> None:
+    """Waits (at most `timeout_ms`) for the other processes to reach this point too, before this one ends. When
+    every process refuses the same input, process 0's end takes the coordination service down and JAX aborts the
+    others at once, often before they printed their own line; a process that is busy elsewhere (in a collective
+    waiting for this one) never comes, and the wait just ends."""
+    try:
+        barrier("exit", timeout_ms)
+    except Exception:  # noqa: BLE001 - the others did not come (or are gone): end anyway, as asked
+        pass
 
 
 def broadcast_json(value):
-    """Process 0's JSON-serialisable `value`, on every process (the value itself for one process): how the
-    processes agree on host-side decisions (prepared data paths, packing budgets) before they act on them."""
+    """Process 0's JSON-serialisable `value`, on every process, as JSON gives it back (the value itself for one
+    process): how the processes agree on host-side decisions (prepared data paths, packing budgets) before they
+    act on them. The others wait for it as long as process 0 takes."""
     import json
 
     import jax
 
     if jax.process_count() == 1:
         return value
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    data = np.frombuffer(json.dumps(value).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
-    size = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
-    padded = np.zeros(size, np.uint8)
-    padded[:data.size] = data
-    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes().decode())
+    key = f"make_jax/broadcast/{next(_broadcasts)}"
+    if jax.process_index() == 0:
+        text = json.dumps(value)
+        _coordination_client().key_value_set(key, text)
+    else:
+        text = _coordination_client().blocking_key_value_get(key, HOST_WAIT_TIMEOUT_MS)
+    return json.loads(text)
 
 
 def allgather_host(value):

@@ -110,10 +110,10 @@ def cpu_cache_conflict(platform: str, fsdp: int, process_count: int, cache_dir: 
     """
     if platform != "cpu" or cache_dir is None:
         return None
-    if fsdp > 1:
+    if fsdp > 1:  # (fsdp=1 is a way out only for one process)
         return (f"config.mesh.fsdp={fsdp} on CPU devices with JAX's persistent compilation cache on ({cache_dir}): "
                 "XLA:CPU programs loaded from it deadlock in the fsdp step's collectives (docs/training.md); set "
-                "JAX_ENABLE_COMPILATION_CACHE=false, or fsdp=1")
+                "JAX_ENABLE_COMPILATION_CACHE=false" + (", or fsdp=1" if process_count == 1 else ""))
     if process_count > 1:
         return (f"{process_count} processes on CPU devices with JAX's persistent compilation cache on ({cache_dir}): "
                 "only process 0 finds its programs there (on CPU the others' cache keys differ), so it reaches "
