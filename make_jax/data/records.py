@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -115,8 +116,16 @@ def features(image_format: str = "jpeg"):
     return f.FeaturesDict(spec)
 
 
+_PB2_IMPORT = threading.Lock()
+
+
 def _example_pb2():
-    from tensorflow_datasets.proto import tf_example_pb2
+    # One thread at a time: this is a process's first import of tensorflow_datasets, and two threads importing
+    # it at once (Grain's threads inside a worker process, each decoding its first record) deadlocked with
+    # Python 3.11, one in the import lock and one in a functools.cached_property lock of its lazy imports (seen
+    # as a hung test_pipeline in CI; the stacks of both threads ended in etils lazy_imports_utils).
+    with _PB2_IMPORT:
+        from tensorflow_datasets.proto import tf_example_pb2
 
     return tf_example_pb2
 
