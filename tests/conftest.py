@@ -17,19 +17,23 @@ JAX_CACHE_ENV = "MAKE_JAX_TEST_JAX_CACHE"
 JAX_CACHE_MAX_BYTES = 4 << 30
 
 
-def job_env(devices: int, **extra: str) -> dict:
+def job_env(devices: int, *, cache_off: bool = True, **extra: str) -> dict:
     """The environment of a test's multi-process job: `devices` simulated CPU devices per process, XLA's
-    optimisation level 0, the persistent compilation cache off, no job variables inherited (JAX_COORDINATOR_ADDRESS,
-    ...), then `extra`.
+    optimisation level 0, the persistent compilation cache off (`cache_off`; else as inherited), no job variables
+    inherited (JAX_COORDINATOR_ADDRESS, ...), then `extra`.
 
     Every process compiles every program, so optimisation level 0 (measured with a 2 x 2-device job of 6 steps:
     80 → 51 s). The results a test compares come from runs with the same flags. With the cache on, process 0
     would load the programs the others compile (JAX writes entries from process 0 only; on CPU the other
     processes' keys differ) and wait for them at each new collective, which gloo gives up after 30 s; the training
     loop refuses it (make_jax/train/sharding.py cpu_cache_conflict)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_COMPILATION_CACHE="false",
+    from make_jax.train.distributed import JOB_VARIABLES
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
-    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    if cache_off:
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    for k in JOB_VARIABLES:
         env.pop(k, None)
     return {**env, **extra}
 

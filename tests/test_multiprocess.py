@@ -147,12 +147,8 @@ def test_host_agreement_waits_longer_than_gloo_would(capfd, monkeypatch):
 
 def _launch(workdir: Path, root: Path, *, devices: int, processes: int, steps: int, extra=(), timeout=900,
             env_extra=None):
-    env = job_env(devices, MAKE_JAX_HEARTBEAT_TIMEOUT="20")
-    if processes == 1:  # one process may use the suite's cache (if it is on)
-        env.pop("JAX_ENABLE_COMPILATION_CACHE")
-        if "JAX_ENABLE_COMPILATION_CACHE" in os.environ:
-            env["JAX_ENABLE_COMPILATION_CACHE"] = os.environ["JAX_ENABLE_COMPILATION_CACHE"]
-    env.update(env_extra or {})
+    # one process may use the suite's cache (if it is on)
+    env = job_env(devices, cache_off=processes > 1, MAKE_JAX_HEARTBEAT_TIMEOUT="20", **(env_extra or {}))
     cmd = [sys.executable, "launch.py", "--config", "configs/demo.py", "--workdir", str(workdir),
            *(f"--config.prepare.synthderm.{k}={v}" for k, v in synthderm_small_prepare(root).items()),
            f"--config.total_steps={steps}", "--config.batch_size=8", "--config.data.context_length=16",

@@ -119,6 +119,7 @@ def features(image_format: str = "jpeg"):
 _PB2_IMPORT = threading.Lock()
 
 
+@functools.cache  # the lock only until the first call returns: decode_record calls this for every record
 def _example_pb2():
     # One thread at a time: this is a process's first import of tensorflow_datasets, and two threads importing
     # it at once (Grain's threads inside a worker process, each decoding its first record) deadlocked with
