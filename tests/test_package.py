@@ -113,3 +113,14 @@ def test_config_names_in_launch_argv():
     assert prepare_argv(["x", "--config=nope", "--config=ablation:row=make"])[2] == \
         f"--config={REPO / 'configs' / 'ablation.py'}:row=make"
     assert prepare_argv(["x", "--config=configs/no_such.py"]) == ["x", "--config=configs/no_such.py"]
+
+
+def test_test_extra_pins_what_requirements_test_pins():
+    """`pip install .[test]` gets the test environment of `pip install -r requirements-test.txt`: the same pins,
+    pytest-xdist included (pyproject's addopts pass `--dist`, which pytest refuses without it)."""
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    lines = [ln.strip() for ln in (REPO / "requirements-test.txt").read_text().splitlines()]
+    pins = [ln for ln in lines if ln and not ln.startswith(("#", "-r"))]
+    assert sorted(extra) == sorted(pins)
