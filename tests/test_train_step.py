@@ -178,41 +178,42 @@ _SHARDED = textwrap.dedent("""
     from make_jax.models import create_model, get_model_config
     from make_jax.train.step import init_train_state, jit_train_step, make_mesh, make_train_step, replicated
     import optax
-    model = create_model(get_model_config("tiny"), seed=7)
-    # SGD: updates linear in the gradient, so a different reduction order across devices stays at float32
-    # rounding (Adam's first step, g/|g|, would amplify it on near-zero gradients).
-    sched = optax.constant_schedule(1e-2)
-    opt = optax.sgd(sched)
-    fns, state = init_train_state(model, opt)
-    mesh = make_mesh(jax.devices()[: {ndev}])
-    # Placed as the step returns it (replicated on the mesh), as the training loop does: otherwise the second
-    # call sees differently-sharded inputs and compiles the step a second time.
-    state = jax.device_put(state, jax.tree.map(lambda _: replicated(mesh), state))
-    devices = mesh.devices
-    step = jit_train_step(make_train_step(fns, opt, LossConfig(), sched), mesh, state)
-    losses = []
-    for i in range(2):
-        state, m = step(state, _batch(seed=i))
-        losses.append(float(m["loss"]))
-    flat = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
-    np.save({out!r}, np.concatenate(flat))
-    print(json.dumps({{"n": len(devices), "losses": losses, "compiled": step._cache_size()}}))
+    for ndev in (1, 8):
+        model = create_model(get_model_config("tiny"), seed=7)
+        # SGD: updates linear in the gradient, so a different reduction order across devices stays at float32
+        # rounding (Adam's first step, g/|g|, would amplify it on near-zero gradients).
+        sched = optax.constant_schedule(1e-2)
+        opt = optax.sgd(sched)
+        fns, state = init_train_state(model, opt)
+        mesh = make_mesh(jax.devices()[:ndev])
+        # Placed as the step returns it (replicated on the mesh), as the training loop does: otherwise the second
+        # call sees differently-sharded inputs and compiles the step a second time.
+        state = jax.device_put(state, jax.tree.map(lambda _: replicated(mesh), state))
+        step = jit_train_step(make_train_step(fns, opt, LossConfig(), sched), mesh, state)
+        losses = []
+        for i in range(2):
+            state, m = step(state, _batch(seed=i))
+            losses.append(float(m["loss"]))
+        flat = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
+        np.save({out!r} + f"/params_{{ndev}}.npy", np.concatenate(flat))
+        print(json.dumps({{"n": mesh.devices.size, "losses": losses, "compiled": step._cache_size()}}))
 """)
 
 
 def test_eight_simulated_devices_match_one(tmp_path):
+    # One process, both meshes: 8 simulated devices; optimisation level 0 compiles in about half the time, and both
+    # runs use it, so they stay comparable.
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
+    proc = subprocess.run([sys.executable, "-c", _SHARDED.format(repo=REPO, out=str(tmp_path))],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     results = {}
-    for ndev in (1, 8):
-        out = str(tmp_path / f"params_{ndev}.npy")
-        # Optimisation level 0: compiles in about half the time; both runs use it, so they stay comparable.
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
-        proc = subprocess.run([sys.executable, "-c", _SHARDED.format(repo=REPO, ndev=ndev, out=out)],
-                              capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        info = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert info["n"] == ndev and info["compiled"] == 1  # one compilation for both steps
-        results[ndev] = (info["losses"], np.load(out))
+    for line in proc.stdout.strip().splitlines()[-2:]:
+        info = json.loads(line)
+        assert info["compiled"] == 1  # one compilation for both steps
+        results[info["n"]] = (info["losses"], np.load(tmp_path / f"params_{info['n']}.npy"))
+    assert sorted(results) == [1, 8]
     np.testing.assert_allclose(results[8][0], results[1][0], rtol=1e-5)
     np.testing.assert_allclose(results[8][1], results[1][1], rtol=1e-5, atol=1e-6)
     assert not np.allclose(results[1][0][0], results[1][0][1])  # two different batches, two different losses

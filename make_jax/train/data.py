@@ -23,16 +23,19 @@ def pipeline_config(config):
 
 
 def make_train_data(config, process_index: int, process_count: int):
-    """(iterator with get_state/set_state, number of training records). Each process gets its rows of every
-    global batch (the pipeline shards by jax process)."""
+    """(iterator with get_state/set_state, number of training records). Process `process_index` of
+    `process_count` gets its rows of every global batch."""
+    import grain
+
     from make_jax.data.pipeline import num_records, train_dataset
 
     d = config.data
     if not d.records:
         raise ValueError("config.data.records is empty: point it at a dataset written by "
                          "`python -m make_jax.records.convert` (see docs/data.md)")
+    shards = grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count)
     dataset = train_dataset(d.records, global_batch_size=config.batch_size, config=pipeline_config(config),
-                            split=d.split)
+                            split=d.split, shard_options=shards)
     return iter(dataset), num_records(d.records, d.split)
 
 
