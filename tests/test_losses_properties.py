@@ -10,6 +10,11 @@ import pytest
 
 from make_jax.losses import TABLE3, TERM_NAMES, LossConfig, LossInputs, dense_layout, make_loss
 
+# One worker runs the module (`--dist loadgroup`, pyproject.toml): its first test compiles the loss's eager float64
+# ops, which the rest reuse (26 s of the module's 81 s on an idle machine with a cold compilation cache; 75 s and
+# 54 s when both workers compiled them at once in a loaded run).
+pytestmark = pytest.mark.xdist_group("losses_properties")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _x64():
