@@ -333,13 +333,20 @@ def test_every_pipeline_field_is_reachable_from_the_training_config(tmp_path, mo
     c.loss.mode = "official"
     c.model.text_tower, c.model.text_vocab = "bert", str(vocab)
 
-    seen = []
-    monkeypatch.setattr(P, "train_dataset", lambda path, global_batch_size, config, *, split: seen.append(
-        (path, global_batch_size, config, split)) or [])
+    seen, shards = [], []
+
+    def train_dataset(path, global_batch_size, config, *, split, shard_options=None):
+        seen.append((path, global_batch_size, config, split))
+        shards.append(shard_options and (shard_options.shard_index, shard_options.shard_count))
+        return []
+
+    monkeypatch.setattr(P, "train_dataset", train_dataset)
     monkeypatch.setattr(P, "num_records", lambda path, split: 0)
-    make_train_data(c, 0, 1)
+    make_train_data(c, 1, 2)
     sample_batches(c, 0)
     assert len(seen) == 2 and seen[0] == seen[1]
+    # training reads the rows of the process it is told; the packing sampler those of this JAX process (default)
+    assert shards == [(1, 2), None]
     path, batch, got, split = seen[0]
     assert (path, batch, split) == ("/the/records", c.batch_size, "validation")
 
