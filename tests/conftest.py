@@ -51,6 +51,7 @@ def _jax_cache_dir(config) -> str | None:
 
 
 def pytest_configure(config):
+    _check_xdist_grouping(config)
     path = _jax_cache_dir(config)
     if path is None:
         return
@@ -70,16 +71,23 @@ def pytest_configure(config):
 
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_node_collection_finished(node, ids):
-    """Stops the run when `--dist loadgroup` (pyproject addopts) lost the modules' groups: pytest-xdist marks a
-    grouped test by appending "@group" to its id, which pytest 9.2 ignores (pytest-dev/pytest-xdist#1386). The
-    grouped modules' tests would then spread over the workers, and each would compute the module's fixture of
-    minutes (test_fsdp.py, test_gpu_suite.py)."""
-    if node.config.getvalue("dist") == "loadgroup" and not any("@" in i for i in ids):
-        pytest.exit(f"pytest-xdist's --dist loadgroup gave no test its xdist_group (node ids without '@group'; "
-                    f"pytest-dev/pytest-xdist#1386, seen with pytest 9.2): install requirements-test.txt's pytest",
-                    returncode=4)
+def _check_xdist_grouping(config) -> None:
+    """Refuses `--dist loadgroup` (pyproject addopts) where it silently groups nothing: pytest-xdist <= 3.8 marks a
+    grouped test by rewriting its node id, which pytest >= 9.2 ignores (pytest-dev/pytest-xdist#1386). The
+    grouped modules' tests would spread over the workers, and each would compute the module's fixture of minutes
+    (test_fsdp.py, test_gpu_suite.py) and run multi-process jobs side by side."""
+    if config.getoption("dist", None) != "loadgroup":
+        return
+    from importlib.metadata import version
+
+    def major_minor(name):
+        return tuple(int(x) for x in version(name).split(".")[:2])
+
+    if major_minor("pytest") >= (9, 2) and major_minor("pytest-xdist") <= (3, 8):
+        raise pytest.UsageError(
+            f"pytest {version('pytest')} with pytest-xdist {version('pytest-xdist')}: --dist loadgroup would give no "
+            "test its xdist_group (pytest-dev/pytest-xdist#1386); install requirements-test.txt's pins")
+
 
 # synthderm_small's generator config: a config whose prepare.synthderm.out is that folder must ask for the same one
 # (make_jax/synthderm/prepare.py refuses another), so tests set these fields (synthderm_small_prepare).

@@ -6,6 +6,7 @@ tests/test_multiprocess_faults.py.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ from conftest import job_env, synthderm_small_prepare
 from make_jax.train.distributed import DistributedSetupError, heartbeat_timeout_s, job_from_environment
 from make_jax.train.local_job import run_local_job, strip_flag
 
-# The multi-process modules run on one worker, one job at a time (`--dist loadgroup`; tests/test_multiprocess_faults.py
+# The multi-process modules run on one worker, one training job at a time (`--dist loadgroup`; tests/test_multiprocess_faults.py
 # says why).
 pytestmark = pytest.mark.xdist_group("multiprocess")
 
@@ -146,9 +147,17 @@ def test_host_agreement_waits_longer_than_gloo_would():
     launcher = "import sys; from make_jax.train.local_job import run_local_job; sys.exit(run_local_job(sys.argv[1:], 2))"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     jobs = {case: subprocess.Popen([sys.executable, "-c", launcher, sys.executable, "-c", script, case], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)  # its own group: a hang is ended with its processes
             for case in ("broadcast", "barrier")}
-    out = {case: job.communicate(timeout=300)[0] for case, job in jobs.items()}
+    deadline = time.monotonic() + 300
+    try:
+        out = {case: job.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for case, job in jobs.items()}
+    finally:
+        for job in jobs.values():
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait()
     for case, job in jobs.items():
         assert job.returncode == 0, out[case][-3000:]
     lines = sorted(ln for ln in out["broadcast"].splitlines() if " agreed " in ln)

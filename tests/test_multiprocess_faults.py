@@ -33,8 +33,8 @@ from conftest import exported_params, job_env
 from make_jax.train.distributed import lost_peer_message
 from make_jax.train.local_job import free_port, run_local_job
 
-# The multi-process modules run on one worker, one job at a time (`--dist loadgroup`, pyproject.toml): two 2-process
-# jobs at once would give each process about half a core of this 2-core machine, stretching the time a process
+# The multi-process modules run on one worker, one training job at a time (`--dist loadgroup`, pyproject.toml): two
+# 2-process training jobs at once would give each process about half a core of this 2-core machine, stretching the time a process
 # waits for the other at a collective towards gloo's 30 s set-up limit. This module's uninterrupted job is also
 # computed once.
 pytestmark = pytest.mark.xdist_group("multiprocess")
