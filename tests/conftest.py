@@ -70,7 +70,6 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-
 def _check_xdist_grouping(config) -> None:
     """Refuses `--dist loadgroup` (pyproject addopts) where it silently groups nothing: pytest-xdist <= 3.8 marks a
     grouped test by rewriting its node id, which pytest >= 9.2 ignores (pytest-dev/pytest-xdist#1386). The
