@@ -34,9 +34,9 @@ from make_jax.train.distributed import lost_peer_message
 from make_jax.train.local_job import free_port, run_local_job
 
 # The multi-process modules run on one worker, one training job at a time (`--dist loadgroup`, pyproject.toml): two
-# 2-process training jobs at once would give each process about half a core of this 2-core machine, stretching the time a process
-# waits for the other at a collective towards gloo's 30 s set-up limit. This module's uninterrupted job is also
-# computed once.
+# 2-process training jobs at once would give each process about half a core of this 2-core machine, stretching the
+# time a process waits for the other at a collective towards gloo's 30 s set-up limit. This module's uninterrupted
+# job is also computed once.
 pytestmark = pytest.mark.xdist_group("multiprocess")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,8 +277,8 @@ def test_two_processes_train_like_one(setup, uninterrupted, tmp_path):
     # differently when two of the four devices sit in another process (gloo), so the losses differ in their last
     # bits (8e-8 relative measured) and, after 6 AdamW steps at lr <= 2e-5, parameters by up to 1.2e-6 (measured,
     # both at optimisation level 0: AdamW's normalised update turns rounding on a near-zero gradient into a
-    # fraction of lr). A wrong row split (a process reading the other's rows) changes every gradient and moves
-    # parameters by ~lr = 2e-5: it fails.
+    # fraction of lr). A wrong row split changes every gradient: with both processes reading the same rows
+    # (planted) parameters moved by 6e-5, and it fails.
     a, b = exported_params(multi / "export"), exported_params(single / "export")
     assert a.keys() == b.keys() and len(a) == 38
     for k in a:
