@@ -20,8 +20,8 @@ from conftest import job_env, synthderm_small_prepare
 from make_jax.train.distributed import DistributedSetupError, heartbeat_timeout_s, job_from_environment
 from make_jax.train.local_job import run_local_job, strip_flag
 
-# The multi-process modules run on one worker, one training job at a time (`--dist loadgroup`; tests/test_multiprocess_faults.py
-# says why).
+# The multi-process modules run on one worker, one training job at a time (`--dist loadgroup`;
+# tests/test_multiprocess_faults.py says why).
 pytestmark = pytest.mark.xdist_group("multiprocess")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +144,8 @@ def test_host_agreement_waits_longer_than_gloo_would():
             barrier("end")
             print("met after", "more" if time.monotonic() - t0 > 30 else "less", "than 30 s", flush=True)
     """)
-    launcher = "import sys; from make_jax.train.local_job import run_local_job; sys.exit(run_local_job(sys.argv[1:], 2))"
+    launcher = ("import sys; from make_jax.train.local_job import run_local_job; "
+                "sys.exit(run_local_job(sys.argv[1:], 2))")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     jobs = {case: subprocess.Popen([sys.executable, "-c", launcher, sys.executable, "-c", script, case], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

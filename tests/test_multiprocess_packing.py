@@ -23,8 +23,8 @@ import pytest
 from make_jax.train.packing import (DEFAULT_BUCKETS, BatchPlan, PackConfig, agree_pack, globalize_rows,
                                     pack_process_batch, text_groups)
 
-# The multi-process modules run on one worker, one training job at a time (`--dist loadgroup`; tests/test_multiprocess_faults.py
-# says why).
+# The multi-process modules run on one worker, one training job at a time (`--dist loadgroup`;
+# tests/test_multiprocess_faults.py says why).
 pytestmark = pytest.mark.xdist_group("multiprocess")
 
 REPO = Path(__file__).resolve().parents[1]
