@@ -16,21 +16,39 @@ import pytest
 JAX_CACHE_ENV = "MAKE_JAX_TEST_JAX_CACHE"
 JAX_CACHE_MAX_BYTES = 4 << 30
 
+# XLA flags of every test process and of the subprocesses tests start (they inherit XLA_FLAGS; `xla_flags` adds a
+# simulated device count): compile fast, run a little slower. The suite's programs are small, compiled once and
+# run a few times, so compilation is most of their CPU time. Measured on the tiny model's train step (jax 0.10.2,
+# 2 cores, cache off): compile 16.2 s by default, 8.9 s at backend optimisation level 0, 3.3 s with XLA:CPU's
+# MLIR fusion emitters off as well (LLVM's own loops instead); 3 steps 0.8 → 1.3 s; the eager initialisation of
+# the tiny model 12.2 → 4.5 s. Both flags change code generation, not the program: results move by float32
+# rounding (the loss of that step: 4.617163 → 4.617157), and every comparison in the suite is between values
+# computed under the same flags or against a tolerance. Flags set in XLA_FLAGS by the caller come after these
+# (XLA takes the last), MAKE_JAX_TEST_XLA_FLAGS replaces them ("" compiles as users do). Checked with jaxlib
+# 0.10.2 (requirements-test.txt); a jaxlib without one of them stops at start-up naming it ("Unknown flags").
+TEST_XLA_FLAGS = os.environ.get("MAKE_JAX_TEST_XLA_FLAGS",
+                                "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+if not os.environ.get("XLA_FLAGS", "").startswith(TEST_XLA_FLAGS):  # xdist workers inherit the controller's
+    os.environ["XLA_FLAGS"] = " ".join(f for f in (TEST_XLA_FLAGS, os.environ.get("XLA_FLAGS", "")) if f)
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a subprocess with `devices` simulated CPU devices: this process's flags (TEST_XLA_FLAGS)
+    with the device count."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+
 
 def job_env(devices: int, *, cache_off: bool = True, **extra: str) -> dict:
-    """The environment of a test's multi-process job: `devices` simulated CPU devices per process, XLA's
-    optimisation level 0, the persistent compilation cache off (`cache_off`; else as inherited), no job variables
-    inherited (JAX_COORDINATOR_ADDRESS, ...), then `extra`.
+    """The environment of a test's multi-process job: `devices` simulated CPU devices per process (`xla_flags`),
+    the persistent compilation cache off (`cache_off`; else as inherited), no job variables inherited
+    (JAX_COORDINATOR_ADDRESS, ...), then `extra`.
 
-    Every process compiles every program, so optimisation level 0 (measured with a 2 x 2-device job of 6 steps:
-    80 → 51 s). The results a test compares come from runs with the same flags. With the cache on, process 0
-    would load the programs the others compile (JAX writes entries from process 0 only; on CPU the other
-    processes' keys differ) and wait for them at each new collective, which gloo gives up after 30 s; the training
-    loop refuses it (make_jax/train/sharding.py cpu_cache_conflict)."""
+    With the cache on, process 0 would load the programs the others compile (JAX writes entries from process 0
+    only; on CPU the other processes' keys differ) and wait for them at each new collective, which gloo gives up
+    after 30 s; the training loop refuses it (make_jax/train/sharding.py cpu_cache_conflict)."""
     from make_jax.train.distributed import JOB_VARIABLES
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
     if cache_off:
         env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     for k in JOB_VARIABLES:

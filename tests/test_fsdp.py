@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs.common import base_config
+from conftest import xla_flags
 from make_jax.train.config import ConfigError, check_config
 from make_jax.train.sharding import auto_spec, check_rules, make_mesh, mesh_shape, param_shardings, spec_for
 
@@ -22,12 +23,11 @@ pytestmark = pytest.mark.xdist_group("fsdp")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"data": 2, "fsdp": 4}
-# 8 simulated devices; optimisation level 0 compiles faster (every layout uses it, so they stay comparable). The
+# 8 simulated devices and the suite's XLA flags (every layout uses them, so they stay comparable). The
 # persistent compilation cache is off: XLA:CPU programs loaded from it deadlock in the fsdp step's collectives
 # (make_jax/train/sharding.py cpu_cache_conflict), and the training loop refuses fsdp with it on. A deadlock
 # would abort the process after 30 s instead of hanging.
-CPU_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-                        "--xla_cpu_collective_call_terminate_timeout_seconds=30",
+CPU_ENV = {"XLA_FLAGS": xla_flags(8) + " --xla_cpu_collective_call_terminate_timeout_seconds=30",
            "JAX_ENABLE_COMPILATION_CACHE": "false"}
 
 

@@ -1,7 +1,5 @@
 """GradCache (make_jax.train.gradcache): the two-pass step gives the one-pass loss and parameter gradients for
 1, 2 and 4 micro-batches, on dense and packed batches, and its step function is a drop-in for the dense step's.
-
-Compiles use XLA's optimisation level 0 (see tests/test_packing.py) to keep the tests light on a shared CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from make_jax.models.clip import LOGIT_SCALE_MAX
 from make_jax.train.gradcache import gradcache_loss_and_grads, select_train_step
 from make_jax.train.packing import PackConfig, pack_batch
 from make_jax.train.step import TrainState, jit_train_step, make_mesh
-from test_packing import (FAST, assert_same_grads, assert_same_terms, compiled, dense_value_and_grad, make_batch,
+from test_packing import (assert_same_grads, assert_same_terms, compiled, dense_value_and_grad, make_batch,
                           model_fns)
 
 
@@ -77,7 +75,7 @@ def test_selected_step_is_a_drop_in_for_the_dense_step(microbatches, packed):
     config = PackConfig(row_budgets=(64,), unique_budgets=(48,), groups=(0.5, 0.25, 0.25), multiple_of=4)
     feed = pack_batch(batch, config)[0] if packed else batch
     step = jit_train_step(step_fn, make_mesh(jax.devices()[:1]), state)
-    new_state, metrics = step.lower(state, feed).compile(FAST)(state, feed)
+    new_state, metrics = step(state, feed)
     assert int(new_state.step) == 1
     assert_same_grads(grads, new_state.opt_state)
     # the update is p - lr * (the step's own gradient), then the clamp

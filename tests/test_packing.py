@@ -1,8 +1,7 @@
 """Exact text savings (make_jax.train.packing): packing, context buckets and de-duplication give the dense
 77-token loss and gradients; the overflow rule drops only subtexts, in its stated order.
 
-Compiles use XLA's optimisation level 0 (`compiled`): the same programs, compiled 2-3x faster, to keep these
-tests light on the shared CPU. Compiled programs are cached per shape and reused across tests.
+Compiled programs are cached per shape and reused across tests (`compiled`).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from make_jax.train.step import ModelFunctions, forward_loss
 
 SOT, EOT = 49406, 49407
 B, N, L = 8, 11, 77
-FAST = {"xla_backend_optimization_level": 0}
 
 # ---- batches --------------------------------------------------------------------------------------------
 
@@ -87,10 +85,10 @@ _compiled: dict = {}
 
 
 def compiled(name, fn, *args):
-    """jit(fn) compiled once per (name, argument shapes) at XLA optimisation level 0."""
+    """jit(fn) compiled once per (name, argument shapes)."""
     key = (name,) + tuple((k, np.shape(v), np.asarray(v).dtype.str) for a in args[1:] for k, v in sorted(a.items()))
     if key not in _compiled:
-        _compiled[key] = jax.jit(fn).lower(*args).compile(FAST)
+        _compiled[key] = jax.jit(fn).lower(*args).compile()
     return _compiled[key]
 
 

@@ -20,8 +20,6 @@ from make_jax.train.gradcache import select_train_step
 from make_jax.train.step import ModelFunctions, TrainState, jit_train_step, make_mesh
 from test_train_step import _batch
 
-FAST = {"xla_backend_optimization_level": 0}  # these programs are compiled, used once and dropped
-
 
 def _recording_sgd(lr):
     """SGD whose state is the last gradient it was given (the step's gradient, read back after the step)."""
@@ -37,7 +35,7 @@ def _one_step(model_cfg, params, batch, microbatches):
                        opt_state=opt.init(params))
     step = jit_train_step(select_train_step(fns, opt, LossConfig(), microbatches=microbatches),
                           make_mesh(jax.devices()[:1]), state)
-    new_state, metrics = step.lower(state, batch).compile(FAST)(state, batch)
+    new_state, metrics = step(state, batch)
     return float(metrics["loss"]), new_state.opt_state
 
 
