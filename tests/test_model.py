@@ -15,7 +15,6 @@ from make_jax.models import ModelConfig, abstract_model, count_params, create_mo
 from make_jax.models.transformer import quick_gelu
 
 
-
 def _rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.linalg.norm(a - b) / np.linalg.norm(b)
@@ -130,8 +129,8 @@ def test_remat_gives_same_values_and_gradients():
     grads = {}
     for remat in (False, True):
         graphdef, state = nnx.split(create_model(cfg.replace(remat=remat), seed=1))
-        # Jitted (one program per setting) rather than run op by op: the same
-        # gradients, and the remat program keeps its recomputation (the test above counts it in the jaxpr).
+        # Jitted (one program per setting) rather than run op by op: the same gradients, and the remat program
+        # keeps its recomputation (the test above counts it in the jaxpr).
         grad_fn = jax.jit(jax.grad(lambda st: loss_fn(nnx.merge(graphdef, st))))
         grads[remat] = grad_fn(state)
     # Equal bit for bit under XLA's defaults; under the suite's flags (tests/conftest.py) the two programs fuse

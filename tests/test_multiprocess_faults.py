@@ -277,8 +277,8 @@ def test_two_processes_train_like_one(setup, uninterrupted, tmp_path):
     # differently when two of the four devices sit in another process (gloo), so the losses differ in their last
     # bits (1.7e-7 relative measured) and, after 6 AdamW steps at lr <= 2e-5, parameters by up to 1.3e-6 (measured,
     # both under the suite's XLA flags, tests/conftest.py: AdamW's normalised update turns rounding on a near-zero
-    # gradient into a fraction of lr). A wrong row split changes every gradient: with both processes reading the same rows
-    # (planted) parameters moved by 6e-5, and it fails.
+    # gradient into a fraction of lr). A wrong row split changes every gradient: with both processes reading the
+    # same rows (planted) parameters moved by 6e-5, and it fails.
     a, b = exported_params(multi / "export"), exported_params(single / "export")
     assert a.keys() == b.keys() and len(a) == 38
     for k in a:
