@@ -6,29 +6,31 @@ import tempfile
 import pytest
 
 # Compiled programs are cached on disk and shared by every process of the run: the xdist workers and the
-# subprocesses that tests start (they inherit these variables; fsdp runs and multi-process jobs turn the cache
-# off, see `job_env` and make_jax/train/sharding.py cpu_cache_conflict). A train step compiled by one test is then
-# loaded, not recompiled, by the next test or subprocess that builds the same program (22.5 s → 5 s for a
-# recompiled step). Cache keys cover the program, the compile options, the jax/jaxlib version and the device, so
-# a stale entry is never loaded. No size limit (JAX's default, -1): with one, JAX takes a lock on the whole cache
-# for every read and write and, at every write, reads the size and access time of every entry to pick evictions
-# (jax/_src/lru_cache.py). At the end of a suite run that scan took 334 ms for 1,638 entries, and the suite writes
-# about as many, mostly small eager ops: minutes under one lock that every test process waits on. Without the
-# lock a process may read an entry another is still writing; decompressing the truncated entry then fails, and JAX
-# warns ("Error reading persistent compilation cache entry") and compiles the program itself.
+# subprocesses that tests start (they inherit these variables; fsdp runs and multi-process jobs turn the cache off,
+# see `job_env` and make_jax/train/sharding.py cpu_cache_conflict). A train step compiled by one test is then
+# loaded, not recompiled, by the next test or subprocess that builds the same program (22.5 s → 5 s for a recompiled
+# step, measured under XLA's default flags, before TEST_XLA_FLAGS). Cache keys cover the program, the compile
+# options, the jax/jaxlib version and the device, so a stale entry is never loaded. No size limit (JAX's default,
+# -1): with one, JAX takes a lock on the whole cache for every read and write and, at every write, reads the size
+# and access time of every entry to pick evictions (jax/_src/lru_cache.py). At the end of a suite run that scan took
+# 334 ms for 1,638 entries, and the suite writes about as many, mostly small eager ops: minutes under one lock that
+# every test process waits on. Without the lock a process may read an entry another is still writing; decompressing
+# the truncated entry then fails, and JAX warns ("Error reading persistent compilation cache entry") and compiles
+# the program itself. Entries written without a limit have no access-time files, which a checkout from before this
+# change cannot write beside: give such a checkout its own cache (MAKE_JAX_TEST_JAX_CACHE).
 # MAKE_JAX_TEST_JAX_CACHE overrides the location; "off" disables the cache.
 JAX_CACHE_ENV = "MAKE_JAX_TEST_JAX_CACHE"
 
 # XLA flags of every test process and of the subprocesses tests start (they inherit XLA_FLAGS; `xla_flags` adds a
-# simulated device count): compile fast, run a little slower. The suite's programs are small, compiled once and
-# run a few times, so compilation is most of their CPU time. Measured on the tiny model's train step (jax 0.10.2,
-# 2 cores, cache off): compile 16.2 s by default, 8.9 s at backend optimisation level 0, 3.3 s with XLA:CPU's
-# MLIR fusion emitters off as well (LLVM's own loops instead); 3 steps 0.8 → 1.3 s; the eager initialisation of
-# the tiny model 12.2 → 4.5 s. Both flags change code generation, not the program: results move by float32
-# rounding (the loss of that step: 4.617163 → 4.617157), and every comparison in the suite is between values
-# computed under the same flags or against a tolerance. Flags set in XLA_FLAGS by the caller come after these
-# (XLA takes the last), MAKE_JAX_TEST_XLA_FLAGS replaces them ("" compiles as users do). Checked with jaxlib
-# 0.10.2 (requirements-test.txt); a jaxlib without one of them stops at start-up naming it ("Unknown flags").
+# simulated device count): compile fast, run slower (1.7-4.5x a step, BENCHMARKS.md). The suite's programs are
+# small, compiled once and run a few times, so compilation is most of their CPU time. Measured on the tiny model's
+# train step (jax 0.10.2, 2 cores, cache off): compile 16.2 s by default, 8.9 s at backend optimisation level 0,
+# 3.3 s with XLA:CPU's MLIR fusion emitters off as well (LLVM's own loops instead); 3 steps 0.8 → 1.3 s; the eager
+# initialisation of the tiny model 12.2 → 4.5 s. Both flags change code generation, not the program: results move by
+# float32 rounding (the loss of that step: 4.617163 → 4.617157), and every comparison in the suite is between values
+# computed under the same flags or against a tolerance. Flags set in XLA_FLAGS by the caller come after these (XLA
+# takes the last), MAKE_JAX_TEST_XLA_FLAGS replaces them ("" compiles as users do). Checked with jaxlib 0.10.2
+# (requirements-test.txt); a jaxlib without one of them stops at start-up naming it ("Unknown flags").
 TEST_XLA_FLAGS = os.environ.get("MAKE_JAX_TEST_XLA_FLAGS",
                                 "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 if not os.environ.get("XLA_FLAGS", "").startswith(TEST_XLA_FLAGS):  # xdist workers inherit the controller's
