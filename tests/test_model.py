@@ -3,6 +3,7 @@
 Parity of the forward pass itself against PyTorch references is in tests/test_parity_torch.py.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from make_jax.models import ModelConfig, abstract_model, count_params, create_model, get_model_config
+from make_jax.models import CLIP, ModelConfig, abstract_model, count_params, create_model, get_model_config
 from make_jax.models.transformer import quick_gelu
 
 
@@ -196,6 +197,21 @@ def test_open_clip_initialisation_statistics():
     # Layers are initialised independently, not copies of one another.
     k = np.asarray(blocks.attn.in_proj.kernel[...])
     assert not np.allclose(k[0], k[1])
+
+
+def test_a_seed_gives_the_values_of_flax_rngs():
+    # create_model draws its keys from ParamKeys (make_jax/models/keys.py: a Python count, cheap under a trace);
+    # the keys, so the initial values, must be flax's nnx.Rngs(params=seed) sequence, in the same order: a seed
+    # gives the model it gave before, for both text towers.
+    tiny = get_model_config("tiny")
+    bert = tiny.replace(text=dataclasses.replace(tiny.text, tower="bert", tokenizer="wordpiece", vocab_file="v.txt",
+                                                 vocab_size=100))
+    for cfg in (tiny, bert):
+        ours = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(create_model(cfg, seed=5))))
+        flax_rngs = jax.tree.leaves(nnx.to_pure_dict(nnx.state(CLIP(cfg, rngs=nnx.Rngs(params=5)))))
+        assert len(ours) == len(flax_rngs) > 30
+        for (path, a), b in zip(ours, flax_rngs):
+            assert np.array_equal(a, b), (cfg.text.tower, jax.tree_util.keystr(path))
 
 
 def test_config_json_round_trip_and_open_clip_form():

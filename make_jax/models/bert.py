@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from make_jax.models.config import ModelConfig
+from make_jax.models.keys import ParamKeys
 from make_jax.models.transformer import Dense, LayerNorm, ScannedBlocks, activation_fn
 
 
@@ -30,7 +31,7 @@ class BertSelfAttention(nnx.Module):
     x: (B, T, D), lengths: (B,) → (B, T, D) (before the residual and LayerNorm).
     """
 
-    def __init__(self, width: int, heads: int, *, std: float, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, *, std: float, cfg: ModelConfig, rngs: ParamKeys):
         dtype = jnp.dtype(cfg.dtype)
         self.query = Dense(width, width, init=std, rngs=rngs, dtype=dtype)
         self.key = Dense(width, width, init=std, rngs=rngs, dtype=dtype)
@@ -52,7 +53,7 @@ class BertLayer(nnx.Module):
     """One post-LN BERT layer.  x: (B, T, D), lengths (B,) → (B, T, D)."""
 
     def __init__(self, width: int, heads: int, hidden: int, *, eps: float, activation: str, std: float,
-                 cfg: ModelConfig, rngs: nnx.Rngs):
+                 cfg: ModelConfig, rngs: ParamKeys):
         dtype = jnp.dtype(cfg.dtype)
         self.attention = BertSelfAttention(width, heads, std=std, cfg=cfg, rngs=rngs)
         self.attention_ln = LayerNorm(width, eps)
@@ -77,7 +78,7 @@ class BertTextTower(nnx.Module):
 
     trailing_padding_invariant = False
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: ParamKeys):
         t = cfg.text
         self.dtype = jnp.dtype(cfg.dtype)
         std = 0.02  # BertConfig.initializer_range

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from make_jax.models.config import ModelConfig
+from make_jax.models.keys import ParamKeys
 from make_jax.models.towers import VisionTower, l2_normalize, text_tower_class
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -29,7 +30,7 @@ class CLIP(nnx.Module):
     Every `encode_*` returns L2-normalised float32 embeddings.
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: ParamKeys):
         self.config = cfg
         self.visual = VisionTower(cfg, rngs)
         self.text = text_tower_class(cfg.text)(cfg, rngs)
@@ -58,7 +59,7 @@ class CLIP(nnx.Module):
 
 def create_model(cfg: ModelConfig, seed: int = 0) -> CLIP:
     """A freshly initialised model (open_clip's initialisation scheme)."""
-    return CLIP(cfg, rngs=nnx.Rngs(params=seed))
+    return CLIP(cfg, rngs=ParamKeys(seed))
 
 
 def abstract_model(cfg: ModelConfig) -> CLIP:

@@ -12,6 +12,7 @@ from flax import nnx
 
 from make_jax.models.bert import BertTextTower
 from make_jax.models.config import ModelConfig, TextConfig
+from make_jax.models.keys import ParamKeys
 from make_jax.models.transformer import LayerNorm, Transformer
 
 
@@ -30,7 +31,7 @@ class VisionTower(nnx.Module):
     proj as CLS (MAKE's patch embeddings).
     """
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: ParamKeys):
         v = cfg.vision
         self.dtype = jnp.dtype(cfg.dtype)
         scale = v.width ** -0.5
@@ -75,7 +76,7 @@ class TextTower(nnx.Module):
 
     trailing_padding_invariant = True
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: ParamKeys):
         t = cfg.text
         self.dtype = jnp.dtype(cfg.dtype)
         # open_clip TextTransformer.init_parameters.

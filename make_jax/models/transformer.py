@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from make_jax.models.config import ModelConfig
+from make_jax.models.keys import ParamKeys
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -59,7 +60,7 @@ class Dense(nnx.Module):
     normal std with zero bias (open_clip's text-tower scheme).
     """
 
-    def __init__(self, d_in: int, d_out: int, *, init: str | float, rngs: nnx.Rngs, dtype):
+    def __init__(self, d_in: int, d_out: int, *, init: str | float, rngs: ParamKeys, dtype):
         key_w, key_b = rngs.params(), rngs.params()
         bias = jnp.zeros((d_out,), jnp.float32)
         if init == "torch":
@@ -85,7 +86,7 @@ class Attention(nnx.Module):
     x: (B, T, D) → (B, T, D).
     """
 
-    def __init__(self, width: int, heads: int, *, causal: bool, init_stds: dict, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, *, causal: bool, init_stds: dict, cfg: ModelConfig, rngs: ParamKeys):
         dtype = jnp.dtype(cfg.dtype)
         # nn.MultiheadAttention: xavier-uniform in_proj, zero biases; out_proj keeps Linear's default weight.
         self.in_proj = Dense(width, 3 * width, init=init_stds.get("in_proj", "xavier"), rngs=rngs, dtype=dtype)
@@ -107,7 +108,7 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """c_fc → activation → c_proj.  x: (B, T, D) → (B, T, D)."""
 
-    def __init__(self, width: int, hidden: int, *, init_stds: dict, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, width: int, hidden: int, *, init_stds: dict, cfg: ModelConfig, rngs: ParamKeys):
         dtype = jnp.dtype(cfg.dtype)
         self.c_fc = Dense(width, hidden, init=init_stds.get("c_fc", "torch"), rngs=rngs, dtype=dtype)
         self.c_proj = Dense(hidden, width, init=init_stds.get("c_proj", "torch"), rngs=rngs, dtype=dtype)
@@ -121,7 +122,7 @@ class ResidualBlock(nnx.Module):
     """One pre-LN block.  x: (B, T, D) → (B, T, D)."""
 
     def __init__(self, width: int, heads: int, hidden: int, *, causal: bool, init_stds: dict, cfg: ModelConfig,
-                 rngs: nnx.Rngs):
+                 rngs: ParamKeys):
         self.ln_1 = LayerNorm(width, cfg.ln_eps)
         self.attn = Attention(width, heads, causal=causal, init_stds=init_stds, cfg=cfg, rngs=rngs)
         self.ln_2 = LayerNorm(width, cfg.ln_eps)
@@ -171,6 +172,6 @@ class Transformer(ScannedBlocks):
     """
 
     def __init__(self, width: int, layers: int, heads: int, hidden: int, *, causal: bool, init_stds: dict,
-                 cfg: ModelConfig, rngs: nnx.Rngs, remat: bool = False):
+                 cfg: ModelConfig, rngs: ParamKeys, remat: bool = False):
         super().__init__(lambda: ResidualBlock(width, heads, hidden, causal=causal, init_stds=init_stds, cfg=cfg,
                                                rngs=rngs), layers, remat)
