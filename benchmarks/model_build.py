@@ -3,7 +3,7 @@ off): `ParamKeys` (make_jax/models/keys.py, what `create_model` uses) against fl
 same keys.
 
     python benchmarks/model_build.py --model ViT-B-16 --modes abstract --repeats 3
-    python benchmarks/model_build.py --model tiny --modes abstract,eager
+    python benchmarks/model_build.py --model tiny --modes abstract,eager --repeats 2
 
 `abstract` is `nnx.eval_shape` of the constructor (what `abstract_model` does: the restore target of
 `make_jax.load` and the converters); `eager` builds and initialises the model op by op (`create_model`).
@@ -42,7 +42,9 @@ print(json.dumps(time.perf_counter() - t0))
 def build_seconds(model: str, source: str, mode: str) -> float:
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), JAX_ENABLE_COMPILATION_CACHE="false")
     code = CHILD.format(root=ROOT, model=model, source=source, mode=mode)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"model_build.py: the {source} {mode} build of {model} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
