@@ -16,8 +16,8 @@ import pytest
 # 334 ms for 1,638 entries, and the suite writes about as many, mostly small eager ops: minutes under one lock that
 # every test process waits on. Without the lock a process may read an entry another is still writing; decompressing
 # the truncated entry then fails, and JAX warns ("Error reading persistent compilation cache entry") and compiles
-# the program itself. Entries written without a limit have no access-time files, which a checkout from before this
-# change cannot write beside: give such a checkout its own cache (MAKE_JAX_TEST_JAX_CACHE).
+# the program itself. Entries written without a limit have no access-time files, which a checkout older than 583d619
+# (a 4 GiB limit) cannot write beside: give such a checkout its own cache (MAKE_JAX_TEST_JAX_CACHE).
 # MAKE_JAX_TEST_JAX_CACHE overrides the location; "off" disables the cache.
 JAX_CACHE_ENV = "MAKE_JAX_TEST_JAX_CACHE"
 
