@@ -10,7 +10,7 @@ Layout of a checkpoint directory OUT (written by `python -m make_jax.convert`, r
                              "logit_scale": ()} — float32, blocks stacked on a leading (L,) axis
       vocab.txt              only for a WordPiece (BERT) text tower: its vocabulary; model_config.json names it
                              relative to OUT (text.vocab_file "vocab.txt"), so OUT may be moved
-      checksums.json         SHA-256 of every file above (make_jax.checkpoint.integrity), verified before a load
+      checksums.json         size and CRC-32 of every file above (make_jax.checkpoint.integrity), verified before a load
 
 Writes are atomic: everything goes to a temporary sibling directory `.OUT.tmp-*` that is renamed to OUT only
 once complete, so OUT never holds a half-written checkpoint (an interrupted run leaves at most the temporary).
@@ -236,7 +236,7 @@ def read_preprocess_cfg(path: str | Path) -> dict:
 
 
 def verify(path: str | Path) -> bool:
-    """Every file of the checkpoint directory against its recorded SHA-256 (`CheckpointError` naming the first
+    """Every file of the checkpoint directory against its recorded size and checksum (`CheckpointError` naming the first
     that differs); False for a directory written before checksums were recorded (nothing to verify)."""
     path = Path(path)
     if verify_checksums(path, path / CHECKSUM_FILE):

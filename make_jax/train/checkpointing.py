@@ -4,7 +4,7 @@ Layout of `WORKDIR/checkpoints/<step>/`:
     state/   Orbax PyTree checkpoint of TrainState (step, params, opt_state)
     data/    JSON: the input iterator's state (Grain `get_state()`), so a resumed run sees the same batches
     config/  JSON: the resolved config of the run that wrote it
-    checksums.json  SHA-256 of every file above (make_jax.checkpoint.integrity), written after the save is
+    checksums.json  size and CRC-32 of every file above (make_jax.checkpoint.integrity), written after the save is
              committed and verified before a restore: a damaged file is named instead of loaded
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed at any moment
