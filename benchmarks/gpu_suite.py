@@ -57,15 +57,17 @@ LENGTH_GROUPS = (0.6, 0.2, 0.2)  # configs/common.py packing.groups
 PROFILES = {
     "gpu": dict(model="ViT-B-16", batch=2048, dtype="bfloat16", peer_dtype="float16", steps=8, warmup=2, distinct=2,
                 microbatches=4, matmul=8192, pipeline_images=4096, pipeline_batch=256, pipeline_batches=12,
-                pipeline_workers=14, generate_size=256, crop=224, eval_images=1024, eval_batch=256,
+                pipeline_workers=14, prep_workers=None, generate_size=256, crop=224, eval_images=1024,
+                eval_batch=256,
                 need_s=dict(device=15, jax_packed=90, jax_dense=90, jax_gradcache=90, torch_peer=60,
                             input_pipeline=45, eval=40)),
     # The dry run checks that the code runs, not its speed: the smallest sizes that still take every branch
     # (2 micro-batches of 2, 2 timed steps and no warm-up step: the warm-up calls the same step function, 2
-    # pipeline and 2 eval batches).
+    # pipeline and 2 eval batches; SynthDerm's 16 images generated and converted in the part's own process, not
+    # by a pool of worker processes that would each import the libraries again).
     "dry": dict(model="tiny", batch=4, dtype="float32", peer_dtype="bfloat16", steps=2, warmup=0, distinct=1,
                 microbatches=2, matmul=256, pipeline_images=16, pipeline_batch=4, pipeline_batches=2,
-                pipeline_workers=1, generate_size=40, crop=32, eval_images=8, eval_batch=4,
+                pipeline_workers=1, prep_workers=1, generate_size=40, crop=32, eval_images=8, eval_batch=4,
                 need_s=dict.fromkeys(PARTS, 1)),
 }
 
@@ -459,14 +461,16 @@ def part_input_pipeline(args, prof):
     shutil.rmtree(work, ignore_errors=True)
     n, workers = prof["pipeline_images"], prof["pipeline_workers"]
     cores = os.cpu_count() or 1
+    prep_workers = prof["prep_workers"] or cores  # SynthDerm generation and conversion (None: every core)
     t0 = time.perf_counter()
     cfg = SynthDermConfig(num_train=n, num_val=0, num_zeroshot=0, num_concepts=0, num_retrieval=0,
                           image_size=prof["generate_size"])
-    generate(os.path.join(work, "synthderm"), cfg, workers=cores, progress=False)
+    generate(os.path.join(work, "synthderm"), cfg, workers=prep_workers, progress=False)
     gen_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = C.convert(os.path.join(work, "synthderm", "make", "train.csv"), os.path.join(work, "synthderm", "make"),
-                    os.path.join(work, "records"), shorter_side=prof["generate_size"], workers=cores, shard_size=512, progress=False, log=lambda s: None)
+                    os.path.join(work, "records"), shorter_side=prof["generate_size"], workers=prep_workers,
+                    shard_size=512, progress=False, log=lambda s: None)
     conv_s = time.perf_counter() - t0
     pcfg = P.PipelineConfig(image_size=prof["crop"], workers=workers, seed=0)
     b = prof["pipeline_batch"]
