@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -76,22 +77,44 @@ def _differs(path: Path, recorded, algorithm: str) -> str | None:
     return "checksum mismatch" if crc32_file(path) != recorded["crc32"] else None
 
 
+def _read_record(checksum_file: Path) -> tuple[str, dict]:
+    """(algorithm, {relative path: entry}) of a checksum record; `CheckpointError` for anything else."""
+    try:
+        record = json.loads(checksum_file.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        algorithm, recorded = record["algorithm"], record["files"]
+        if algorithm not in (ALGORITHM, "sha256"):
+            raise ValueError(f"unknown algorithm {algorithm!r}")
+        if not isinstance(recorded, dict):
+            raise ValueError("'files' is not an object")
+        for rel, entry in recorded.items():
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise ValueError(f"{rel!r} is not a path inside the checkpoint")
+            if not _well_formed(entry, algorithm):
+                want = ("64 lowercase hex digits" if algorithm == "sha256"
+                        else "{'bytes': size, 'crc32': 8 lowercase hex digits}")
+                raise ValueError(f"the entry of {rel!r} is not {want}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{checksum_file}: unreadable checksum record ({e})") from None
+    return algorithm, recorded
+
+
+def _well_formed(entry, algorithm: str) -> bool:
+    if algorithm == "sha256":
+        return isinstance(entry, str) and re.fullmatch(r"[0-9a-f]{64}", entry) is not None
+    return (isinstance(entry, dict) and set(entry) == {"bytes", "crc32"}
+            and type(entry["bytes"]) is int and entry["bytes"] >= 0  # noqa: E721 - not a bool
+            and isinstance(entry["crc32"], str) and re.fullmatch(r"[0-9a-f]{8}", entry["crc32"]) is not None)
+
+
 def verify_checksums(root: Path, checksum_file: Path) -> bool:
     """Checks every file recorded in `checksum_file` against its bytes under `root`; False when there is no
     record (a checkpoint written before checksums existed, or a save interrupted before its record)."""
     checksum_file = Path(checksum_file)
     if not checksum_file.is_file():
         return False
-    try:
-        record = json.loads(checksum_file.read_text())
-        algorithm, recorded = record["algorithm"], record["files"]
-        if algorithm not in (ALGORITHM, "sha256"):
-            raise ValueError(f"unknown algorithm {algorithm!r}")
-        if algorithm == ALGORITHM and not all(isinstance(r, dict) and {"bytes", "crc32"} <= set(r)
-                                              for r in recorded.values()):
-            raise ValueError("an entry without 'bytes' and 'crc32'")
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{checksum_file}: unreadable checksum record ({e})") from None
+    algorithm, recorded = _read_record(checksum_file)
     for rel, entry in sorted(recorded.items()):
         path = Path(root) / rel
         if not path.is_file():
