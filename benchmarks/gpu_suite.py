@@ -487,7 +487,8 @@ def part_input_pipeline(args, prof):
     record(args.out, {"name": "input_pipeline", "framework": "jax", "mode": "input_pipeline", "model": None,
                       "batch": b, "dtype": "uint8", "images_per_s": b * steps / elapsed,
                       "step_ms": 1e3 * elapsed / steps, "compile_s": startup_s, "steps": steps, "records": n,
-                      "workers": workers, "cores": cores, "generate_size": prof["generate_size"],
+                      "workers": workers, "cores": cores, "prep_workers": prep_workers,
+                      "generate_size": prof["generate_size"],
                       "crop": prof["crop"], "generate_images_per_s": n / gen_s,
                       "convert_images_per_s": n / conv_s, "error": None})
 

@@ -132,6 +132,7 @@ def test_dry_run_results_complete(dry_run):
     # the same synthetic batches, same model size: the packed step encodes fewer text FLOPs than the dense one
     assert steps["jax_packed"]["gflop_per_image"] < steps["jax_dense"]["gflop_per_image"]
     assert res["runs"][4]["mode"] == "input_pipeline" and res["runs"][4]["records"] > 0
+    assert res["runs"][4]["prep_workers"] == 1  # the dry profile's SynthDerm is made in the part's own process
     assert res["runs"][5]["mode"] == "eval" and res["runs"][5]["images"] > 0
 
 
