@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from make_jax.checkpoint import orbax_io, readers
+from make_jax.checkpoint.integrity import sha256_file
 from make_jax.checkpoint.open_clip_layout import CheckpointError
 
 logger = logging.getLogger("make_jax.checkpoint")
@@ -164,14 +165,6 @@ def resolve(x: str | Path, *, hub_cache: str | Path | None = None) -> Resolved:
                           f"({', '.join(sorted(REGISTRY))})")
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cache_key(source: readers.Source) -> str:
     """Identifies a converted model: the weights file (real path, size, mtime) and the config it was read with."""
     w = source.weights_file.resolve()
@@ -219,7 +212,7 @@ def load_params(x: str | Path, *, activation: str | None = None, cache: bool = T
             return _open(hit)
     source = readers.read_source(r.path, activation=r.activation)
     if r.sha256 is not None:
-        got = file_sha256(source.weights_file)
+        got = sha256_file(source.weights_file)
         if got != r.sha256:
             raise CheckpointError(f"{x}: {source.weights_file.name} has sha256 {got}, the registry expects "
                                   f"{r.sha256} (a corrupt or different file)")

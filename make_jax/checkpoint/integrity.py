@@ -40,6 +40,7 @@ def crc32_file(path: Path) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's SHA-256, 64 lowercase hex digits (older checksum records; the registry's weights files)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
