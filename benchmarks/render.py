@@ -57,8 +57,8 @@ def render(res: dict) -> str:
 
 
 EXTRA_KEYS = ("gflop_per_image", "variants_compiled", "pack_ms", "xla_memory_estimate_bytes", "final_loss",
-              "peer_model", "trace", "records", "workers", "generate_images_per_s", "convert_images_per_s", "load_s",
-              "images")
+              "peer_model", "trace", "records", "workers", "prep_workers", "generate_images_per_s",
+              "convert_images_per_s", "load_s", "images")
 
 
 def peer_ratio(run: dict, peer: dict) -> float:

@@ -118,6 +118,22 @@ def test_a_record_that_cannot_be_read_is_refused(tmp_path, record, words):
     assert message.startswith(f"{tmp_path / CHECKSUM_FILE}: unreadable checksum record (") and words in message
 
 
+def test_a_file_that_cannot_be_read_is_named_in_one_line(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    write_checksums(tmp_path, tmp_path / CHECKSUM_FILE)
+
+    def bad_disk(path):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(integrity, "crc32_file", bad_disk)
+    with pytest.raises(CheckpointError) as e:
+        verify_checksums(tmp_path, tmp_path / CHECKSUM_FILE)
+    assert str(e.value).startswith(f"{tmp_path / 'a.json'}: cannot be read ([Errno 5] Input/output error")
+    (tmp_path / CHECKSUM_FILE).write_text("[" * 100_000)  # nested past Python's recursion limit
+    with pytest.raises(CheckpointError, match="unreadable checksum record"):
+        verify_checksums(tmp_path, tmp_path / CHECKSUM_FILE)
+
+
 def test_no_record_is_reported_not_refused(tmp_path):
     _tree(tmp_path)
     assert verify_checksums(tmp_path, tmp_path / CHECKSUM_FILE) is False

@@ -96,8 +96,10 @@ def _read_record(checksum_file: Path) -> tuple[str, dict]:
                 want = ("64 lowercase hex digits" if algorithm == "sha256"
                         else "{'bytes': size, 'crc32': 8 lowercase hex digits}")
                 raise ValueError(f"the entry of {rel!r} is not {want}")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise CheckpointError(f"{checksum_file}: unreadable checksum record ({e})") from None
+    except OSError as e:  # a bad disk: the damage the record is there for
+        raise CheckpointError(f"{checksum_file}: cannot be read ({e})") from None
     return algorithm, recorded
 
 
@@ -120,7 +122,10 @@ def verify_checksums(root: Path, checksum_file: Path) -> bool:
         path = Path(root) / rel
         if not path.is_file():
             raise CheckpointError(f"{path}: missing (listed in {checksum_file}); the checkpoint is incomplete")
-        why = _differs(path, entry, algorithm)
+        try:
+            why = _differs(path, entry, algorithm)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot be read ({e}); recorded in {checksum_file}") from None
         if why is not None:
             raise CheckpointError(f"{path}: {why} (the file changed or was damaged after it was saved; recorded "
                                   f"in {checksum_file})")
